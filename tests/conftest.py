@@ -1,0 +1,71 @@
+"""Offline fixtures: a tiny causal LM and a byte-level BPE tokenizer, built once per run and loaded back by path."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("WANDB_DISABLED", "true")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from datasets import Dataset  # noqa: E402
+
+from tests.tiny import CORPUS, build_tiny_model  # noqa: E402
+
+torch.set_num_threads(2)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> str:
+    """A saved tiny Qwen2 model and its tokenizer: tests load them with ``from_pretrained(path)``."""
+    return build_tiny_model(str(tmp_path_factory.mktemp("tiny-qwen2")))
+
+
+@pytest.fixture
+def lm_dataset() -> Dataset:
+    """Standard language-modeling data (TRL's ``text`` format)."""
+    return Dataset.from_dict({"text": CORPUS[:24]})
+
+
+@pytest.fixture
+def prompt_completion_dataset() -> Dataset:
+    rows = [s.split(" ", 3) for s in CORPUS[:24]]
+    return Dataset.from_dict(
+        {"prompt": [" ".join(r[:3]) for r in rows], "completion": [" " + r[3] if len(r) > 3 else " ." for r in rows]}
+    )
+
+
+@pytest.fixture
+def conversational_dataset() -> Dataset:
+    return Dataset.from_dict(
+        {
+            "messages": [
+                [{"role": "user", "content": s[:20]}, {"role": "assistant", "content": s[20:] or "ok"}]
+                for s in CORPUS[:24]
+            ]
+        }
+    )
+
+
+def cpu_args(**overrides) -> dict:
+    """Training arguments that keep a test fast and deterministic on 2 CPU cores."""
+    base = dict(
+        max_steps=3,
+        per_device_train_batch_size=4,
+        logging_steps=1,
+        learning_rate=1e-2,
+        seed=0,
+        bf16=False,
+        use_cpu=True,
+        report_to="none",
+        save_strategy="no",
+        max_length=64,
+        dataloader_num_workers=0,
+    )
+    base.update(overrides)
+    return base

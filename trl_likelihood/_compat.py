@@ -1,0 +1,49 @@
+"""The one place trl-likelihood touches private TRL.
+
+Each shim names the TRL versions it was checked on; `tests/test_compat.py` covers every one, so a TRL release that
+moves something breaks this file and its test, nowhere else. Checked on TRL 1.16.0.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Any
+
+import torch
+import trl
+
+# TRL 1.16: the chunked LM head that returns per-token log-probs without building (B, T, V) logits.
+from trl.trainer.utils import add_fused_lm_head  # noqa: F401  (re-exported for the ratio core and later trainers)
+
+TESTED_TRL = ("1.16",)
+
+
+def trl_version_is_tested() -> bool:
+    """True when the installed TRL is inside the minor range these shims were checked on."""
+    return any(trl.__version__.startswith(v) for v in TESTED_TRL)
+
+
+def metrics_store(trainer: Any, mode: str) -> defaultdict[str, list[float]]:
+    """TRL trainers keep per-step metrics in the private ``self._metrics[mode]`` and average them in ``log`` (1.16)."""
+    return trainer._metrics[mode]
+
+
+def record_sft_metrics(trainer: Any, inputs: dict[str, torch.Tensor], outputs: Any, mode: str) -> None:
+    """Log what ``SFTTrainer.compute_loss`` logs (entropy, token accuracy, token count), from the fused outputs.
+
+    Mirrors TRL 1.16's ``SFTTrainer.compute_loss`` so that a subclass that replaces the loss keeps SFT's dashboards.
+    """
+    gather = trainer.accelerator.gather_for_metrics
+    store = metrics_store(trainer, mode)
+    num_valid = gather(outputs.label_mask.sum()).sum()
+    entropy_sum = gather(outputs.entropy.detach().sum()).sum()
+    num_correct = gather(outputs.is_top1.sum()).sum()
+    store["entropy"].append((entropy_sum / num_valid).item() if num_valid > 0 else 0.0)
+    store["mean_token_accuracy"].append((num_correct / num_valid).item() if num_valid > 0 else 0.0)
+    if mode == "train":
+        if "attention_mask" in inputs:
+            local = inputs["attention_mask"].sum()
+        else:  # padding-free batches carry position ids instead of a mask
+            local = torch.tensor(inputs["position_ids"].size(1), device=inputs["position_ids"].device)
+        trainer._total_train_tokens += gather(local).sum().item() // trainer._tp_size
+    store["num_tokens"] = [trainer._total_train_tokens]

@@ -1,0 +1,130 @@
+"""MixCE: mix the forward cross-entropy (MLE) with a self-reinforced reverse cross-entropy.
+Paper: Zhang et al., "MixCE: Training Autoregressive Language Models by Mixing Forward and Reverse Cross-Entropies",
+ACL 2023, arXiv:2305.16958. Code: bloomberg/MixCE-acl2023. Maths: ALGORITHMS.md section 2.
+
+    L(theta) = eta * CE(P, Q) + (1 - eta) * CE(Q, P)
+    loss_t   = -[eta + (1 - eta) * sg(q_t)] * log q_t,     q_t = Q(x_t | x_<t) of the gold token
+
+Choices made here:
+- The reverse term is the paper's self-reinforced surrogate, applied per token with ``q_t`` detached, because the
+  sequence probability underflows [code: gpt2.py, synthetic.py].
+- Token mean over the trained tokens (completion-only / assistant-only masks from SFT apply), normalised by the global
+  token count exactly as ``SFTTrainer`` normalises its NLL, so gradient accumulation and several processes match
+  one big batch [ours].
+- Per-token log-probs come from TRL's fused LM head: the ``(B, T, V)`` logits are never built [ours].
+- ``mixce/forward_nll`` (plain token-mean NLL) is logged in training and evaluation, with ``mixce/perplexity`` in
+  evaluation, because the MixCE loss itself is not comparable across eta (pitfall 6) [code: baseline eval].
+Tests check the identities: eta = 1 is exactly the NLL and trains exactly like ``SFTTrainer``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from trl import SFTConfig, SFTTrainer
+
+from .. import _compat
+from ..data import validate_sft_dataset
+from ..losses import mixce_token_loss
+from .base import CardMixin
+
+MIXCE_CITATION = """\
+@inproceedings{zhang2023mixce,
+    title     = {{MixCE: Training Autoregressive Language Models by Mixing Forward and Reverse Cross-Entropies}},
+    author    = {Shiyue Zhang and Shijie Wu and Ozan Irsoy and Steven Lu and Mohit Bansal and Mark Dredze and
+                 David Rosenberg},
+    booktitle = {Proceedings of the 61st Annual Meeting of the Association for Computational Linguistics},
+    year      = 2023,
+    url       = {https://arxiv.org/abs/2305.16958}
+}"""
+
+
+@dataclass
+class MixCEConfig(SFTConfig):
+    r"""[`~trl.SFTConfig`] plus MixCE's mixing ratio.
+
+    Parameters:
+        eta (`float`, *optional*, defaults to `0.5`):
+            Weight of the forward (MLE) term; `1.0` is SFT, `0.0` is DFT. The paper selects eta per dataset by dev
+            MAUVE from {0, .01, .1, .3, .5, .7, .9, .99, 1}; its released GPT-2 large models use 0.1 (WikiText), 0.3
+            (WebText) and 0.7 (WritingPrompts). 0.5 sits in the middle of that range and is where held-out JS is
+            flattest in our synthetic calibration (ALGORITHMS.md 2(g)); tune it on your data.
+    """
+
+    eta: float = field(
+        default=0.5,
+        metadata={"help": "Weight of the forward (MLE) term in [0, 1]: 1.0 is plain SFT, 0.0 is DFT (reverse only)."},
+    )
+
+    def __post_init__(self):
+        super().__post_init__()
+        if isinstance(self.eta, bool) or not isinstance(self.eta, int | float) or not 0.0 <= self.eta <= 1.0:
+            raise ValueError(f"`eta` must be a number in [0, 1] (weight of the forward CE), got {self.eta!r}.")
+        if self.loss_type != "nll":
+            raise ValueError(f"MixCE replaces SFT's loss; leave `loss_type='nll'`, got {self.loss_type!r}.")
+        if self.label_smoothing_factor:
+            raise ValueError("`label_smoothing_factor` is not supported by MixCE; set it to 0.")
+
+
+class MixCETrainer(CardMixin, SFTTrainer):
+    """[`~trl.SFTTrainer`] trained with MixCE. Data, collator, PEFT, packing, logging and checkpoints are SFT's."""
+
+    _name = "MixCE"
+    _tag_names = ["trl", "trl-likelihood", "mixce"]
+    _paper = {"title": "MixCE", "id": "2305.16958", "citation": MIXCE_CITATION}
+    _card_template = "mixce.md"
+
+    def __init__(self, model: Any, args: MixCEConfig | None = None, train_dataset=None, eval_dataset=None, **kwargs):
+        if args is None:
+            name = model if isinstance(model, str) else model.config._name_or_path
+            args = MixCEConfig(f"{str(name).split('/')[-1]}-MixCE")
+        if not isinstance(args, MixCEConfig):
+            raise TypeError(f"`args` must be a MixCEConfig, got {type(args).__name__}.")
+        if kwargs.get("compute_loss_func") is not None:
+            raise ValueError("MixCETrainer defines its own loss; `compute_loss_func` cannot be combined with it.")
+        validate_sft_dataset(train_dataset, args, "train_dataset")
+        if isinstance(eval_dataset, dict):
+            for key, dataset in eval_dataset.items():
+                validate_sft_dataset(dataset, args, f"eval_dataset[{key!r}]")
+        elif eval_dataset is not None:
+            validate_sft_dataset(eval_dataset, args, "eval_dataset")
+        super().__init__(model, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset, **kwargs)
+        # Exact corpus-level NLL: token sums and counts, gathered across processes, reset at each log.
+        self._nll_totals = {mode: torch.zeros(2, dtype=torch.float64) for mode in ("train", "eval")}
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        mode = "train" if self.model.training else "eval"
+        inputs["use_cache"] = False
+        outputs = model(**inputs, fused_lm_head=True)  # log_probs (B, T-1) fp32, zero where labels are -100
+        mask = outputs.label_mask
+        num_tokens = mask.sum() if num_items_in_batch is None else num_items_in_batch
+        loss = mixce_token_loss(outputs.log_probs, mask, eta=self.args.eta, num_tokens=num_tokens)
+        # Like SFTTrainer: `num_items_in_batch` counts every rank's tokens and DDP averages gradients across ranks.
+        if self.args.average_tokens_across_devices and num_items_in_batch is not None:
+            loss = loss * (self.accelerator.num_processes // self.get_tp_size())
+
+        local = torch.stack([-outputs.log_probs.detach().float().sum(), mask.sum().float()])
+        self._nll_totals[mode] += self.accelerator.gather_for_metrics(local[None]).sum(0).double().cpu()
+        _compat.record_sft_metrics(self, inputs, outputs, mode)
+        if return_outputs:
+            with torch.no_grad():
+                logits_inputs = {k: v for k, v in inputs.items() if k != "labels"}
+                outputs = model(**logits_inputs)
+        return (loss, outputs) if return_outputs else loss
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        mode = "train" if self.model.training else "eval"
+        nll_sum, count = self._nll_totals[mode].tolist()
+        if count > 0:
+            nll = nll_sum / count
+            _compat.metrics_store(self, mode)["mixce/forward_nll"] = [nll]
+            if mode == "eval":
+                _compat.metrics_store(self, mode)["mixce/perplexity"] = [math.exp(min(nll, 700.0))]
+        self._nll_totals[mode].zero_()
+        super().log(logs, start_time)
+
+    def card_hyperparameters(self) -> dict[str, Any]:
+        return {"eta": self.args.eta}
