@@ -47,7 +47,9 @@ def token_logps_from_logits(
     ``labels`` follow the Hugging Face convention: same positions as ``input_ids``, ``ignore_index`` where no loss.
     """
     if logits.dim() != 3 or labels.shape != logits.shape[:2]:
-        raise ValueError(f"Expected logits (B, T, V) and labels (B, T); got {tuple(logits.shape)} and {tuple(labels.shape)}.")
+        raise ValueError(
+            f"Expected logits (B, T, V) and labels (B, T); got {tuple(logits.shape)} and {tuple(labels.shape)}."
+        )
     targets = labels[:, 1:]
     mask = targets != ignore_index
     logprobs = torch.log_softmax(logits[:, :-1].float(), dim=-1)

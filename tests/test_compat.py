@@ -1,0 +1,40 @@
+"""Every private-TRL shim in trl_likelihood/_compat.py, exercised against the installed TRL."""
+
+from __future__ import annotations
+
+import torch
+from transformers import AutoModelForCausalLM
+
+from tests.conftest import cpu_args
+from trl_likelihood import MixCEConfig, MixCETrainer, _compat
+
+
+def test_installed_trl_is_in_the_tested_range():
+    assert _compat.trl_version_is_tested()
+
+
+def test_fused_lm_head_matches_full_logits(tiny_model_dir):
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    _compat.add_fused_lm_head(model, outputs=("log_probs", "entropy", "is_top1"))
+    ids = torch.tensor([[5, 9, 14, 3, 7]])
+    labels = ids.clone()
+    labels[0, :2] = -100
+    fused = model(input_ids=ids, labels=labels, fused_lm_head=True)
+    logp = torch.log_softmax(model(input_ids=ids).logits[0, :-1].float(), -1).gather(-1, ids[0, 1:, None])[:, 0]
+    expected = logp.masked_fill(labels[0, 1:] == -100, 0.0)
+    torch.testing.assert_close(fused.log_probs[0], expected, rtol=1e-5, atol=1e-6)
+    assert fused.label_mask[0].tolist() == [False, True, True, True]
+
+
+def test_metrics_store_and_sft_metrics(tiny_model_dir, lm_dataset, tmp_path):
+    trainer = MixCETrainer(
+        model=tiny_model_dir, args=MixCEConfig(str(tmp_path), **cpu_args()), train_dataset=lm_dataset
+    )
+    store = _compat.metrics_store(trainer, "train")
+    store["probe"].append(1.0)
+    assert trainer._metrics["train"]["probe"] == [1.0]
+    batch = trainer._prepare_inputs(trainer.data_collator([trainer.train_dataset[i] for i in range(2)]))
+    outputs = trainer.model(**batch, fused_lm_head=True)
+    _compat.record_sft_metrics(trainer, batch, outputs, "train")
+    assert store["num_tokens"] == [batch["attention_mask"].sum().item()]
+    assert 0.0 <= store["mean_token_accuracy"][-1] <= 1.0 and store["entropy"][-1] > 0
