@@ -7,6 +7,7 @@ All arithmetic is done in fp32, whatever the input dtype. Maths and sources: ALG
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 IGNORE_INDEX = -100
 
@@ -76,3 +77,44 @@ def mixce_loss(
     """
     logps, mask = token_logps_from_logits(logits, labels, ignore_index)
     return mixce_token_loss(logps, mask, eta)
+
+
+def implicit_prm_loss(
+    policy_logps: torch.Tensor, ref_logps: torch.Tensor, labels: torch.Tensor, beta: float
+) -> torch.Tensor:
+    r"""Implicit-PRM cross-entropy on response-level labels: ``-[l log s(beta d) + (1 - l) log s(-beta d)]``, mean.
+
+    Yuan et al., "Free Process Rewards without Process Labels", 2024, arXiv:2412.01981 (ALGORITHMS.md 4(a)). The
+    outcome reward ``r = beta * d`` with ``d = log pi(y) - log pi_ref(y)`` is trained as a logit, so its partial sums
+    at step ends are process rewards.
+
+    Args:
+        policy_logps: ``(B,)`` summed log-probs of the response tokens under the policy (no length normalisation).
+        ref_logps: ``(B,)`` the same under the frozen reference (detached here).
+        labels: ``(B,)`` in {0, 1} (bool or number): 1 for a correct response.
+        beta: scale of the reward, > 0.
+
+    Returns:
+        A scalar in fp32. ``logsigmoid`` keeps it finite for ``|beta * d|`` up to 1e4 and beyond (the official
+        ``BCELoss(sigmoid(z))`` clamps the log at -100).
+    """
+    z = beta * (policy_logps.float() - ref_logps.detach().float())
+    y = labels.to(z.dtype)
+    return -(y * F.logsigmoid(z) + (1.0 - y) * F.logsigmoid(-z)).mean()
+
+
+def implicit_prm_dpo_loss(
+    chosen_policy_logps: torch.Tensor,
+    chosen_ref_logps: torch.Tensor,
+    rejected_policy_logps: torch.Tensor,
+    rejected_ref_logps: torch.Tensor,
+    beta: float,
+) -> torch.Tensor:
+    r"""Paired implicit-PRM loss ``-logsigmoid(beta * (d_w - d_l))``, batch mean; ``d = log pi - log pi_ref`` (sums).
+
+    All inputs are ``(B,)``; the reference terms are detached. Pairs are whole responses (correct x incorrect of one
+    prompt), not steps (ALGORITHMS.md 4(f), issue #4 of the official repository).
+    """
+    d_w = chosen_policy_logps.float() - chosen_ref_logps.detach().float()
+    d_l = rejected_policy_logps.float() - rejected_ref_logps.detach().float()
+    return -F.logsigmoid(beta * (d_w - d_l)).mean()
