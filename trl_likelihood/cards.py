@@ -51,11 +51,16 @@ def template_path(name: str) -> Path:
     raise FileNotFoundError(f"Model-card template {name!r} is neither in the package nor in hub_cards/.")
 
 
+def is_local_path(name_or_path: str) -> bool:
+    """True for a path on this machine (absolute, relative to ``.`` or ``~``, or existing), false for a Hub id."""
+    return os.path.isabs(name_or_path) or os.path.exists(name_or_path) or name_or_path.startswith((".", "~"))
+
+
 def public_model_name(name_or_path: str | None) -> str | None:
     """A Hub id stays as is; a local folder becomes its last component, so no local path reaches a card."""
     if not name_or_path:
         return None
-    if os.path.isabs(name_or_path) or os.path.exists(name_or_path) or name_or_path.startswith((".", "~")):
+    if is_local_path(name_or_path):
         return Path(name_or_path.rstrip("/\\")).name or None
     return name_or_path
 
@@ -67,6 +72,7 @@ class CardInfo:
     model_name: str
     method: str
     base_model: str | None = None
+    base_model_is_local: bool = False  # loaded from a folder: ``base_model`` is its name, not a Hub id
     is_adapter: bool = False
     datasets: list[str] = field(default_factory=list)
     tags: list[str] = field(default_factory=list)
@@ -101,8 +107,9 @@ class CardInfo:
             model_name=name,
             method=trainer._name,
             base_model=public_model_name(base),
+            base_model_is_local=bool(base) and is_local_path(base),
             is_adapter=is_adapter,
-            datasets=[d for d in (public_model_name(d) for d in datasets) if d],
+            datasets=[d for d in datasets if d and not is_local_path(d)],  # a local file is no Hub dataset
             tags=list(dict.fromkeys([*trainer._tag_names, *extra_tags])),
             hub_model_id=hub_model_id,
             hyperparameters={k: getattr(args, k) for k in _SHOWN_ARGS if hasattr(args, k)},

@@ -1,20 +1,69 @@
-"""What every trl-likelihood trainer adds on top of its TRL parent: a model card from ``hub_cards/`` on every save."""
+"""What every trl-likelihood trainer adds on top of its TRL parent: a right model card in every folder it saves a model
+to, and nothing secret or local in the files it saves for the Hub.
+
+transformers pickles the whole ``TrainingArguments`` (``hub_token`` and ``output_dir`` included) into
+``training_args.bin`` next to every save and uploads it with the model; PEFT writes the base model's local path into
+``adapter_config.json``. Both would reach the Hub as they are.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import json
 import os
+from collections.abc import Iterator
 from typing import Any
 
-from ..cards import CardInfo, render_card
+from ..cards import CardInfo, is_local_path, public_model_name, render_card
+
+# Training arguments that must never be written to disk: ``torch.save(args)`` would publish them with the model.
+SECRET_ARGS = ("hub_token",)
+
+
+def public_training_args(args: Any) -> Any:
+    """A copy of ``args`` fit to publish: secrets set to ``None``, absolute paths cut to their last component."""
+    state = dict(vars(args))
+    for key, value in state.items():
+        if key in SECRET_ARGS:
+            state[key] = None
+        elif isinstance(value, str) and (os.path.isabs(value) or value.startswith("~")):
+            state[key] = public_model_name(value)
+    cls = type(args)
+    public = object.__new__(getattr(cls, "_public_class", cls))
+    public.__dict__.update(state)
+    return public
+
+
+class _PicklesPublic:
+    """Mixed into the class of the live arguments while transformers saves them: attributes are unchanged (the upload
+    still receives the token), but pickling, which is what ``training_args.bin`` is, writes the public copy."""
+
+    _public_class: type
+
+    def __reduce_ex__(self, protocol: Any) -> Any:
+        # Protocol 1's reduce rebuilds the public class from its state; protocol 2's ``__newobj__`` would be refused
+        # by the pickler because its class is not this object's type. Loading needs nothing from this module.
+        return public_training_args(self).__reduce_ex__(1)
+
+
+@functools.cache
+def _pickles_public(cls: type) -> type:
+    if issubclass(cls, _PicklesPublic):
+        return cls
+    namespace = {"_public_class": cls, "__module__": cls.__module__, "__qualname__": cls.__qualname__}
+    return type(cls.__name__, (_PicklesPublic, cls), namespace)
 
 
 class CardMixin:
     """Mix in before a TRL trainer. Subclasses set ``_card_template`` and return their ``card_hyperparameters``.
 
-    TRL writes its generic card only on checkpoints and pushes; a user who calls ``save_model()`` gets ours too.
+    TRL writes its generic card only on checkpoints and pushes, and PEFT's own card carries the base model's local
+    path; here every folder ``_save`` writes (``save_model()``, checkpoints, pushes) gets the method's card.
     """
 
     _card_template: str = ""
+    _pushing: bool = False
 
     def card_hyperparameters(self) -> dict[str, Any]:
         """The method's own settings, shown first in the card's hyperparameter table."""
@@ -32,7 +81,48 @@ class CardMixin:
         os.makedirs(output_dir, exist_ok=True)
         render_card(self._card_template, info).save(os.path.join(output_dir, "README.md"))
 
-    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
-        super().save_model(output_dir, _internal_call)
-        if not _internal_call:  # push_to_hub and checkpoints write their own card
-            self.create_model_card(output_dir=output_dir)
+    @contextlib.contextmanager
+    def _args_pickled_public(self) -> Iterator[None]:
+        """Make ``torch.save(self.args)`` write the public copy for the duration; the object itself is unchanged."""
+        args, original = self.args, type(self.args)
+        args.__class__ = _pickles_public(original)
+        try:
+            yield
+        finally:
+            args.__class__ = original
+
+    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+        with self._args_pickled_public():
+            super()._save(output_dir, state_dict)
+        if not self.args.should_save:
+            return
+        output_dir = output_dir or self.args.output_dir
+        if self.args.push_to_hub or self._pushing:  # a local save keeps the path, so the folder loads as it is
+            self._publish_adapter_configs(output_dir)
+        self.create_model_card(output_dir=output_dir)
+
+    def _publish_adapter_configs(self, output_dir: str) -> None:
+        """Replace a local ``base_model_name_or_path`` by the folder's name, as the card's ``base_model`` does."""
+        for name in getattr(self.model, "peft_config", None) or {}:
+            path = os.path.join(output_dir, "" if name == "default" else name, "adapter_config.json")
+            if not os.path.isfile(path):
+                continue
+            with open(path, encoding="utf-8") as f:
+                config = json.load(f)
+            base = config.get("base_model_name_or_path")
+            if base and is_local_path(base):
+                config["base_model_name_or_path"] = public_model_name(base)
+                with open(path, "w", encoding="utf-8") as f:
+                    f.write(json.dumps(config, indent=2, sort_keys=True))  # PEFT's own layout
+
+    def _push_from_checkpoint(self, checkpoint_folder: str) -> None:
+        with self._args_pickled_public():  # it re-saves training_args.bin into output_dir before uploading it
+            super()._push_from_checkpoint(checkpoint_folder)
+
+    def push_to_hub(self, *args: Any, **kwargs: Any) -> Any:
+        """transformers' ``push_to_hub``; the folder it uploads is saved in its public form (see ``_save``)."""
+        self._pushing = True
+        try:
+            return super().push_to_hub(*args, **kwargs)
+        finally:
+            self._pushing = False
