@@ -1,43 +1,122 @@
 """Loading training data the way TRL users expect, and rejecting bad data before any training starts.
 
-``load_training_dataset`` accepts a Hub id, a local json/jsonl/parquet/csv file or folder, or a ``Dataset``; it always
-goes through ``datasets.load_dataset`` for names and paths. ``validate_sft_dataset`` checks the columns and value
-types that ``SFTTrainer`` will consume and names the column, row and expectation when something is off.
+``load_training_dataset`` accepts a Hub id, a local json/jsonl/parquet/csv/txt file or folder, or a ``Dataset``; it
+always goes through ``datasets.load_dataset`` for names and paths. ``validate_sft_dataset`` checks the columns and
+value types that ``SFTTrainer`` will consume and names the column, row and expectation when something is off; string
+columns are checked in Arrow, so a large corpus costs no Python copy.
 """
 
 from __future__ import annotations
 
+import itertools
 import os
 from typing import Any
 
-from datasets import Dataset, DatasetDict, IterableDataset, load_dataset
+import pyarrow as pa
+import pyarrow.compute as pc
+from datasets import Dataset, DatasetDict, IterableDataset, IterableDatasetDict, load_dataset, load_from_disk
 
-_FILE_BUILDERS = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".csv": "csv"}
+_FILE_BUILDERS = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".csv": "csv", ".txt": "text"}
+_COMPRESSIONS = (".gz", ".bz2", ".xz", ".zst")
 
 
-def load_training_dataset(name_or_path: str, config: str | None = None, streaming: bool = False) -> DatasetDict:
-    """Load a Hub dataset id, a local data file, or a local folder, through ``datasets.load_dataset``."""
-    ext = os.path.splitext(name_or_path)[1].lower()
-    if os.path.isfile(name_or_path):
+def _data_file_ext(path: str) -> str:
+    """``.jsonl`` for ``train.jsonl`` and ``train.jsonl.gz``; ``datasets`` decompresses on its own."""
+    root, ext = os.path.splitext(path)
+    if ext.lower() in _COMPRESSIONS:
+        ext = os.path.splitext(root)[1]
+    return ext.lower()
+
+
+def _looks_local(name_or_path: str) -> bool:
+    """A path the user meant to be on this machine; a Hub id is ``name`` or ``owner/name`` without a data suffix."""
+    return name_or_path.startswith(("/", ".", "~")) or _data_file_ext(name_or_path) in _FILE_BUILDERS
+
+
+def hub_dataset_id(name_or_path: Any) -> str | None:
+    """``name_or_path`` if it names a Hub dataset, ``None`` for local paths and objects: only Hub ids go on a card."""
+    if not isinstance(name_or_path, str) or not name_or_path:
+        return None
+    if _looks_local(name_or_path) or os.path.exists(os.path.expanduser(name_or_path)):
+        return None
+    return name_or_path
+
+
+def load_training_dataset(
+    name_or_path: str | Dataset | DatasetDict, config: str | None = None, streaming: bool = False
+) -> DatasetDict | IterableDatasetDict:
+    """Load a Hub dataset id, a local data file, or a local folder, through ``datasets.load_dataset``.
+
+    A local file gets the ``json``/``parquet``/``csv``/``text`` builder from its suffix (``.jsonl.gz`` too) and a
+    ``train`` split; a folder written by ``save_to_disk`` goes through ``load_from_disk``. A path that looks local but
+    does not exist raises ``FileNotFoundError`` here, rather than ``datasets`` trying the Hub with it and failing with
+    a connection error. A ``Dataset`` comes back as the ``train`` split of a ``DatasetDict``.
+    """
+    if isinstance(name_or_path, DatasetDict | IterableDatasetDict):
+        return name_or_path
+    if isinstance(name_or_path, Dataset):
+        return DatasetDict({"train": name_or_path})
+    path = os.path.expanduser(name_or_path)
+    if os.path.isfile(path):
+        ext = _data_file_ext(path)
         if ext not in _FILE_BUILDERS:
             raise ValueError(
                 f"Unsupported data file {name_or_path!r}: expected one of {sorted(_FILE_BUILDERS)} (or a Hub id)."
             )
-        return load_dataset(_FILE_BUILDERS[ext], data_files=name_or_path, streaming=streaming)
+        return load_dataset(_FILE_BUILDERS[ext], data_files=path, streaming=streaming)
+    if os.path.isdir(path):
+        if any(os.path.isfile(os.path.join(path, f)) for f in ("dataset_dict.json", "state.json")):
+            return _load_saved(path, streaming)  # load_dataset refuses a save_to_disk folder
+        return load_dataset(path, name=config, streaming=streaming)
+    if _looks_local(name_or_path):
+        raise FileNotFoundError(
+            f"Dataset {name_or_path!r} does not exist (resolved to {os.path.abspath(path)!r}); expected a local "
+            f"{'/'.join(e[1:] for e in _FILE_BUILDERS)} file or folder, or a Hub dataset id like 'trl-lib/Capybara'."
+        )
     return load_dataset(name_or_path, name=config, streaming=streaming)
+
+
+def _load_saved(path: str, streaming: bool) -> DatasetDict | IterableDatasetDict:
+    """A folder written by ``save_to_disk``: a ``DatasetDict`` as is, a single ``Dataset`` as its ``train`` split."""
+    saved = load_from_disk(path)
+    splits = saved if isinstance(saved, DatasetDict) else DatasetDict({"train": saved})
+    if streaming:
+        return IterableDatasetDict({name: split.to_iterable_dataset() for name, split in splits.items()})
+    return splits
 
 
 def _is_message_list(value: Any) -> bool:
     return isinstance(value, list) and all(isinstance(m, dict) and "role" in m and "content" in m for m in value)
 
 
-def _check_text(value: Any, column: str, row: int, where: str, allow_messages: bool) -> None:
-    if isinstance(value, str):
+def _check_text(value: Any, column: str, row: int, where: str, messages: str) -> None:
+    """``messages`` is "no" (a string), "may" (a string or messages) or "must" (messages: the ``messages`` column)."""
+    if isinstance(value, str) and messages != "must":
         return
-    if allow_messages and _is_message_list(value):
+    if messages != "no" and _is_message_list(value):
+        for turn, message in enumerate(value):
+            if not isinstance(message["content"], str | list):  # a list: TRL's multimodal content parts
+                raise ValueError(
+                    f"{where}: column {column!r}, row {row}, message {turn}: expected a string 'content', got "
+                    f"{type(message['content']).__name__} {message['content']!r:.60}."
+                )
         return
-    expected = "a string or a list of {'role', 'content'} messages" if allow_messages else "a string"
-    raise ValueError(f"{where}: column {column!r}, row {row}: expected {expected}, got {type(value).__name__} {value!r:.60}.")
+    expected = {
+        "no": "a string",
+        "may": "a string or a list of {'role', 'content'} messages",
+        "must": "a list of {'role', 'content'} messages",
+    }[messages]
+    raise ValueError(
+        f"{where}: column {column!r}, row {row}: expected {expected}, got {type(value).__name__} {value!r:.60}."
+    )
+
+
+def _first_null_string_row(dataset: Dataset, column: str) -> int | None:
+    """Check a string column in Arrow, so a million-row corpus is not copied into Python; ``-1`` if not strings."""
+    values = dataset.with_format("arrow")[column]  # respects select/shuffle indices, unlike dataset.data
+    if not (pa.types.is_string(values.type) or pa.types.is_large_string(values.type)):
+        return -1
+    return pc.index(pc.is_null(values), True).as_py() if values.null_count else None
 
 
 def _detect_format(columns: list[str], text_field: str) -> tuple[str, list[str]]:
@@ -63,25 +142,45 @@ def validate_sft_dataset(dataset: Any, args: Any, where: str = "train_dataset") 
     """
     if dataset is None:
         return
-    if isinstance(dataset, DatasetDict):
+    if isinstance(dataset, DatasetDict | IterableDatasetDict):
         raise ValueError(f"{where}: got a DatasetDict with splits {list(dataset)}; pass one split, e.g. ds['train'].")
     if not isinstance(dataset, Dataset | IterableDataset):
         return  # torch datasets and custom collators: the user owns the format
     if (getattr(args, "dataset_kwargs", None) or {}).get("skip_prepare_dataset"):
         return
-    columns = list(dataset.column_names or [])
+    head, columns = _head_and_columns(dataset, where)
     if "input_ids" in columns:
         return
-    if isinstance(dataset, Dataset) and len(dataset) == 0:
-        raise ValueError(f"{where} is empty: it has no rows to train on.")
     try:
         kind, needed = _detect_format(columns, getattr(args, "dataset_text_field", "text"))
     except ValueError as err:
         raise ValueError(f"{where} {err}.") from None
-    rows = dataset if isinstance(dataset, IterableDataset) else None
     for column in needed:
-        values = [r[column] for _, r in zip(range(64), rows)] if rows is not None else dataset[column]
-        for row, value in enumerate(values):
-            if value is None:
-                raise ValueError(f"{where}: column {column!r}, row {row} is missing (None); expected text.")
-            _check_text(value, column, row, where, allow_messages=kind != "language-modeling")
+        messages = "must" if column == "messages" else "no" if kind == "language-modeling" else "may"
+        _check_column(dataset, head, column, where, messages)
+
+
+def _head_and_columns(dataset: Dataset | IterableDataset, where: str) -> tuple[list[dict] | None, list[str]]:
+    """The first rows of an ``IterableDataset`` (it cannot be scanned) or ``None``, and the column names."""
+    if isinstance(dataset, IterableDataset):
+        head = list(itertools.islice(dataset, 64))
+        if not head:
+            raise ValueError(f"{where} is empty: it yielded no rows to train on.")
+        return head, list(dataset.column_names or head[0])  # streamed json may not know its columns up front
+    if len(dataset) == 0:
+        raise ValueError(f"{where} is empty: it has no rows to train on.")
+    return None, list(dataset.column_names or [])
+
+
+def _check_column(dataset: Any, head: list[dict] | None, column: str, where: str, messages: str) -> None:
+    if head is None and messages != "must":
+        row = _first_null_string_row(dataset, column)
+        if row is None:
+            return  # a string column without nulls: nothing can be wrong in it
+        if row >= 0:
+            raise ValueError(f"{where}: column {column!r}, row {row} is missing (None); expected text.")
+    values = dataset[column] if head is None else [r.get(column) for r in head]
+    for row, value in enumerate(values):
+        if value is None:
+            raise ValueError(f"{where}: column {column!r}, row {row} is missing (None); expected text.")
+        _check_text(value, column, row, where, messages)

@@ -1,0 +1,269 @@
+"""The ``trl-likelihood <method>`` console script, shared with the launch scripts in ``trainers/``.
+
+It mirrors ``trl sft``: the same ``TrlParser`` over ``ScriptArguments``, the method's config, ``ModelConfig`` and
+``DatasetMixtureConfig``, so ``--config cfg.yaml``, ``--model_name_or_path``, ``--dataset_name``, ``--use_peft``,
+``--lora_r``, ``--load_in_4bit``, ``--push_to_hub`` and every config field work as they do in TRL. Unlike ``trl sft``
+it trains in the calling process; for several processes launch it through accelerate::
+
+    trl-likelihood mixce --config cfg.yaml
+    accelerate launch --num_processes 2 -m trl_likelihood.cli mixce --config cfg.yaml
+    accelerate launch trainers/mixce.py --config cfg.yaml          # from a source checkout
+
+On a machine without GPUs add ``--multi_gpu`` (and ``--use_cpu`` for the trainer): without it accelerate silently
+starts a single process; with it the two ranks run on CPU over gloo (``tests/test_distributed.py``).
+
+A new method is one entry in ``METHODS``: its config class, its trainer class and a line of help.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from accelerate import PartialState
+from accelerate.logging import get_logger
+from trl import (
+    DatasetMixtureConfig,
+    ModelConfig,
+    ScriptArguments,
+    TrlParser,
+    get_dataset,
+    get_peft_config,
+    get_quantization_config,
+)
+
+from . import __version__
+from .data import hub_dataset_id, load_training_dataset
+from .trainers import MixCEConfig, MixCETrainer
+
+logger = get_logger(__name__)
+
+PROG = "trl-likelihood"
+
+
+@dataclass(frozen=True)
+class Method:
+    """One ``trl-likelihood <name>`` subcommand.
+
+    The trainer must accept TRL's keywords ``model`` (a path or Hub id), ``args``, ``train_dataset``,
+    ``eval_dataset`` and ``peft_config``; quantization reaches it through ``args.model_init_kwargs``, which every
+    TRL config has, so no trainer needs a ``quantization_config`` argument.
+    """
+
+    config_class: type
+    trainer_class: type
+    help: str
+    replaces: str  # the `trl` subcommand whose data and flags this method takes, shown in --help
+
+
+METHODS: dict[str, Method] = {
+    "mixce": Method(
+        config_class=MixCEConfig,
+        trainer_class=MixCETrainer,
+        help="MixCE: forward + self-reinforced reverse cross-entropy (--eta); language-modeling or prompt-completion "
+        "data.",
+        replaces="sft",
+    ),
+}
+
+
+def make_parser(method: str = "mixce", prog: str | None = None) -> TrlParser:
+    """The argument parser of one method: TRL's ``TrlParser`` over the same dataclasses as ``trl sft``."""
+    if method not in METHODS:
+        raise ValueError(f"Unknown method {method!r}; expected one of {sorted(METHODS)}.")
+    dataclass_types = (ScriptArguments, METHODS[method].config_class, ModelConfig, DatasetMixtureConfig)
+    prog = prog or f"{PROG} {method}"
+    # argparse's generated usage lists every one of the ~200 flags; a parse error should fit on a screen.
+    usage = f"{prog} [--config CFG.yaml] [--model_name_or_path M] [--dataset_name D] [--output_dir DIR] [...]"
+    return TrlParser(dataclass_types, prog=prog, usage=usage)
+
+
+def model_init_kwargs(training_args: Any, model_args: ModelConfig) -> dict[str, Any]:
+    """``from_pretrained`` keywords from ``ModelConfig``, with quantization and device placement as TRL scripts do.
+
+    Values the user put in ``training_args.model_init_kwargs`` win, as in ``trl/scripts/sft.py``.
+    """
+    kwargs: dict[str, Any] = dict(
+        revision=model_args.model_revision,
+        trust_remote_code=training_args.trust_remote_code,
+        attn_implementation=model_args.attn_implementation,
+        dtype=model_args.dtype,
+    )
+    quantization_config = get_quantization_config(model_args)
+    if quantization_config is not None:
+        kwargs["quantization_config"] = quantization_config
+        kwargs["device_map"] = kbit_device_map()
+    kwargs.update(training_args.model_init_kwargs or {})
+    return kwargs
+
+
+def kbit_device_map() -> dict[str, int] | None:
+    """Put a k-bit model on this process's accelerator; ``None`` (CPU) when there is none.
+
+    TRL's ``get_kbit_device_map`` did this and is gone from TRL 1.16; ``SFTTrainer`` still resets ``device_map`` to
+    ``None`` under multi-GPU DDP.
+    """
+    import torch
+
+    if torch.cuda.is_available() or (hasattr(torch, "xpu") and torch.xpu.is_available()):
+        return {"": PartialState().local_process_index}
+    return None
+
+
+def load_splits(script_args: ScriptArguments, training_args: Any, dataset_args: DatasetMixtureConfig | None):
+    """Return ``(train_dataset, eval_dataset or None)`` from ``--dataset_name`` or a ``datasets:`` mixture."""
+    if dataset_args is not None and dataset_args.datasets:
+        if script_args.dataset_name:
+            logger.warning("Both `datasets` and `dataset_name` are given; training on `datasets` only.")
+        dataset = get_dataset(dataset_args)
+        source = "the `datasets` mixture"
+    elif script_args.dataset_name:
+        dataset = load_training_dataset(
+            script_args.dataset_name, script_args.dataset_config, streaming=script_args.dataset_streaming
+        )
+        source = f"--dataset_name {script_args.dataset_name!r}"
+    else:
+        raise ValueError(
+            "No training data: pass --dataset_name (a Hub dataset id, or a local json/jsonl/parquet/csv file or "
+            "folder), or a `datasets:` mixture in the --config file."
+        )
+    train_split, test_split = script_args.dataset_train_split, script_args.dataset_test_split
+    if train_split not in dataset:
+        raise ValueError(
+            f"{source} has no split {train_split!r} (--dataset_train_split); its splits are {list(dataset)}."
+        )
+    eval_dataset = None
+    if training_args.eval_strategy != "no":
+        if test_split not in dataset:
+            raise ValueError(
+                f"--eval_strategy {training_args.eval_strategy!r} needs an evaluation split, but {source} has no "
+                f"split {test_split!r} (--dataset_test_split); its splits are {list(dataset)}. Set "
+                "--dataset_test_split, --test_split_size in a mixture, or --eval_strategy no."
+            )
+        eval_dataset = dataset[test_split]
+    return dataset[train_split], eval_dataset
+
+
+def build_trainer(
+    method: str,
+    script_args: ScriptArguments,
+    training_args: Any,
+    model_args: ModelConfig,
+    dataset_args: DatasetMixtureConfig | None = None,
+):
+    """Everything before ``train()``: data, model keywords, PEFT; every error about the inputs is raised here."""
+    spec = METHODS[method]
+    if not isinstance(training_args, spec.config_class):
+        raise TypeError(f"`training_args` must be a {spec.config_class.__name__}, got {type(training_args).__name__}.")
+    if not model_args.model_name_or_path:
+        raise ValueError("No model: pass --model_name_or_path (a Hub id or a local folder).")
+    if (model_args.load_in_4bit or model_args.load_in_8bit) and not model_args.use_peft:
+        raise ValueError("--load_in_4bit / --load_in_8bit train only an adapter: add --use_peft.")
+    train_dataset, eval_dataset = load_splits(script_args, training_args, dataset_args)
+    training_args.model_init_kwargs = model_init_kwargs(training_args, model_args)
+    return spec.trainer_class(
+        model=model_args.model_name_or_path,
+        args=training_args,
+        train_dataset=train_dataset,
+        eval_dataset=eval_dataset,
+        peft_config=get_peft_config(model_args),
+    )
+
+
+def hub_datasets(script_args: ScriptArguments, dataset_args: DatasetMixtureConfig | None) -> list[str]:
+    """The Hub datasets trained on, for the card; local files are left out rather than linked to the Hub."""
+    names = [d.path for d in dataset_args.datasets] if dataset_args and dataset_args.datasets else []
+    names = names or [script_args.dataset_name]
+    return [name for name in names if hub_dataset_id(name)]
+
+
+def train_and_save(trainer: Any, datasets: list[str] | None = None) -> None:
+    """Train, save the model and its card once (rank 0), push if asked, then release the process group."""
+    args = trainer.args
+    trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
+    trainer.accelerator.print("Training completed.")
+    trainer.save_model(args.output_dir)  # our save_model writes README.md; with push_to_hub it pushes too
+    if datasets:
+        trainer.create_model_card(dataset_name=datasets)  # the same card, now naming the data
+    trainer.save_state()  # trainer_state.json: the log history next to the weights, as transformers' examples do
+    trainer.accelerator.print(f"Model saved to {args.output_dir}")
+    if args.push_to_hub:
+        trainer.push_to_hub(dataset_name=datasets or None)  # again, so the pushed card names the dataset
+        trainer.accelerator.print(f"Model pushed to https://huggingface.co/{trainer.hub_model_id}")
+    trainer.end()
+
+
+def run(
+    method: str,
+    script_args: ScriptArguments,
+    training_args: Any,
+    model_args: ModelConfig,
+    dataset_args: DatasetMixtureConfig | None = None,
+):
+    """Train ``method`` from parsed arguments, save (and push) it, and return the trainer."""
+    trainer = build_trainer(method, script_args, training_args, model_args, dataset_args)
+    train_and_save(trainer, hub_datasets(script_args, dataset_args))
+    return trainer
+
+
+def run_mixce(
+    script_args: ScriptArguments,
+    training_args: MixCEConfig,
+    model_args: ModelConfig,
+    dataset_args: DatasetMixtureConfig | None = None,
+) -> MixCETrainer:
+    """``trl-likelihood mixce`` as a function: train, save, push if asked; returns the trainer."""
+    return run("mixce", script_args, training_args, model_args, dataset_args)
+
+
+def _top_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="Train a beyond-maximum-likelihood objective as a drop-in TRL trainer.",
+        epilog=(
+            f"Run '{PROG} METHOD --help' for a method's flags (TRL's, as in 'trl sft', plus the method's own). "
+            f"Example: {PROG} mixce --model_name_or_path Qwen/Qwen2-0.5B --dataset_name trl-lib/Capybara --eta 0.5. "
+            f"Several processes: accelerate launch --num_processes N -m trl_likelihood.cli METHOD ... (on CPU add "
+            "--multi_gpu, or accelerate runs one process)."
+        ),
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    subparsers = parser.add_subparsers(title="methods", dest="method", metavar="METHOD")
+    for name, spec in METHODS.items():
+        # add_help=False: the method's own TrlParser answers `METHOD --help` with the full list of flags.
+        subparsers.add_parser(name, help=f"{spec.help} Replaces 'trl {spec.replaces}'.", add_help=False)
+    return parser
+
+
+def _fail(prog: str, err: BaseException) -> int:
+    print(f"{prog}: error: {err}", file=sys.stderr)
+    return 2
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``trl-likelihood``; returns the exit status (2 for a bad argument, config or dataset)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] not in METHODS:
+        top = _top_parser()
+        top.parse_args(argv)  # --help, --version and unknown methods exit here
+        top.print_help()
+        return 0
+    method, rest = argv[0], argv[1:]
+    parser = make_parser(method)
+    try:
+        script_args, training_args, model_args, dataset_args = parser.parse_args_and_config(rest)
+    except (ValueError, OSError) as err:  # bad values (e.g. eta) in flags or YAML, unknown keys, missing --config
+        return _fail(parser.prog, err)
+    try:
+        trainer = build_trainer(method, script_args, training_args, model_args, dataset_args)
+    except (ValueError, OSError) as err:  # missing or malformed data, missing model: nothing has trained yet
+        return _fail(parser.prog, err)
+    train_and_save(trainer, hub_datasets(script_args, dataset_args))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
