@@ -7,6 +7,8 @@ moves something breaks this file and its test, nowhere else. Checked on TRL 1.16
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -16,6 +18,13 @@ import trl
 from trl.trainer.utils import add_fused_lm_head  # noqa: F401  (re-exported for the ratio core and later trainers)
 
 TESTED_TRL = ("1.16",)
+
+
+def is_peft(model: Any) -> bool:
+    """True for a PEFT model, also when wrapped by DDP (accelerate's helper, re-exported for one import site)."""
+    from accelerate.utils import is_peft_model
+
+    return is_peft_model(model.module if hasattr(model, "module") else model)
 
 
 def trl_version_is_tested() -> bool:
@@ -47,3 +56,21 @@ def record_sft_metrics(trainer: Any, inputs: dict[str, torch.Tensor], outputs: A
             local = torch.tensor(inputs["position_ids"].size(1), device=inputs["position_ids"].device)
         trainer._total_train_tokens += gather(local).sum().item() // trainer._tp_size
     store["num_tokens"] = [trainer._total_train_tokens]
+
+
+@contextmanager
+def sft_init_accepting_loss_type(args: Any) -> Iterator[None]:
+    """``SFTTrainer.__init__`` rejects a ``loss_type`` other than "nll"/"dft" (TRL 1.16). Trainers that reuse SFT's
+    data pipeline but define their own ``loss_type`` (and their own ``compute_loss``) construct it under this."""
+    own = args.loss_type
+    args.loss_type = "nll"
+    try:
+        yield
+    finally:
+        args.loss_type = own
+
+
+def prepare_sft_dataset(trainer: Any, dataset: Any, processing_class: Any, args: Any, dataset_name: str) -> Any:
+    """SFT's own tokenisation/truncation pipeline (``SFTTrainer._prepare_dataset``, TRL 1.16), without packing,
+    called directly so that a subclass that overrides ``_prepare_dataset`` can run it on parts of its data."""
+    return trl.SFTTrainer._prepare_dataset(trainer, dataset, processing_class, args, False, None, dataset_name)

@@ -83,6 +83,8 @@ class CardInfo:
     paper_id: str | None = None
     citation: str | None = None
     trl_version: str = trl.__version__
+    pipeline_tag: str | None = "text-generation"
+    extra: dict[str, Any] = field(default_factory=dict)  # method-specific facts for its template
 
     @classmethod
     def from_trainer(
@@ -140,7 +142,7 @@ def render_card(template_name: str, info: CardInfo) -> ModelCard:
         library_name="peft" if info.is_adapter else "transformers",
         model_name=info.model_name,
         tags=info.tags,
-        pipeline_tag="text-generation",
+        pipeline_tag=info.pipeline_tag,
     )
     repo_id = info.hub_model_id or info.model_name
     return ModelCard.from_template(

@@ -1,5 +1,6 @@
 """One module per method: a Config dataclass and a Trainer subclass of the TRL trainer it replaces."""
 
+from .implicit_prm import ImplicitPRMConfig, ImplicitPRMTrainer
 from .mixce import MixCEConfig, MixCETrainer
 
-__all__ = ["MixCEConfig", "MixCETrainer"]
+__all__ = ["ImplicitPRMConfig", "ImplicitPRMTrainer", "MixCEConfig", "MixCETrainer"]

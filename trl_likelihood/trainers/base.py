@@ -63,10 +63,15 @@ class CardMixin:
     """
 
     _card_template: str = ""
+    _card_pipeline_tag: str | None = "text-generation"
     _pushing: bool = False
 
     def card_hyperparameters(self) -> dict[str, Any]:
         """The method's own settings, shown first in the card's hyperparameter table."""
+        return {}
+
+    def card_extra(self, info: CardInfo) -> dict[str, Any]:
+        """Method-specific facts for the template (``info.extra``), e.g. which reference a PRM must be used with."""
         return {}
 
     def create_model_card(
@@ -77,6 +82,8 @@ class CardMixin:
             return
         info = CardInfo.from_trainer(self, model_name=model_name, dataset_name=dataset_name, tags=kwargs.get("tags"))
         info.hyperparameters = {**self.card_hyperparameters(), **info.hyperparameters}
+        info.extra = self.card_extra(info)
+        info.pipeline_tag = self._card_pipeline_tag
         output_dir = output_dir or self.args.output_dir
         os.makedirs(output_dir, exist_ok=True)
         render_card(self._card_template, info).save(os.path.join(output_dir, "README.md"))

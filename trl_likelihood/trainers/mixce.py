@@ -106,8 +106,9 @@ class MixCETrainer(CardMixin, SFTTrainer):
         if self.args.average_tokens_across_devices and num_items_in_batch is not None:
             loss = loss * (self.accelerator.num_processes // self.get_tp_size())
 
-        local = torch.stack([-outputs.log_probs.detach().float().sum(), mask.sum().float()])
-        self._nll_totals[mode] += self.accelerator.gather_for_metrics(local[None]).sum(0).double().cpu()
+        # Per-row sums, so `gather_for_metrics` can drop the rows accelerate repeats to even out the last eval batch.
+        per_row = torch.stack([-outputs.log_probs.detach().float().sum(-1), mask.sum(-1).float()], 1)
+        self._nll_totals[mode] += self.accelerator.gather_for_metrics(per_row).sum(0).double().cpu()
         _compat.record_sft_metrics(self, inputs, outputs, mode)
         if return_outputs:
             with torch.no_grad():

@@ -1,0 +1,126 @@
+"""Outcome-labelled data for the implicit PRM, in TRL's formats, checked and reshaped before training.
+
+Accepted inputs (standard or conversational):
+- unpaired ``prompt, completion, label`` (TRL's unpaired preference format, as ``KTOTrainer`` takes);
+- grouped ``prompt, completions, labels`` (lists; e.g. rollouts with a verifier's verdicts), expanded to unpaired;
+- paired ``prompt, chosen, rejected`` (TRL's preference format).
+
+``"ce"`` trains on unpaired rows (a pair gives a correct and an incorrect row). ``"dpo"`` trains on pairs: every
+correct x incorrect combination of responses to the same prompt (ALGORITHMS.md 4(a), official ``train_dpo.py``).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from datasets import Dataset
+
+LABEL_COLUMN = "prm_label"
+
+
+def _label(value: Any, column: str, row: int, where: str) -> int:
+    if isinstance(value, bool) or (isinstance(value, int | float) and value in (0, 1)):
+        return int(value)
+    raise ValueError(f"{where}: column {column!r}, row {row}: expected a boolean or 0/1 label, got {value!r}.")
+
+
+def _response(value: Any, column: str, row: int, where: str) -> Any:
+    empty = value is None or (isinstance(value, str | list) and len(value) == 0)
+    if empty:
+        raise ValueError(f"{where}: column {column!r}, row {row}: the prompt has no completion (empty or missing).")
+    if not isinstance(value, str | list):
+        raise ValueError(
+            f"{where}: column {column!r}, row {row}: expected text or messages, got {type(value).__name__}."
+        )
+    return value
+
+
+def _prompt(value: Any, row: int, where: str) -> Any:
+    if value is None or not isinstance(value, str | list):
+        raise ValueError(f"{where}: column 'prompt', row {row}: expected text or messages, got {value!r:.60}.")
+    return value
+
+
+def to_unpaired(dataset: Dataset, where: str = "train_dataset") -> list[dict[str, Any]]:
+    """Rows ``{prompt, completion, prm_label}`` from any accepted format, validated row by row."""
+    if not isinstance(dataset, Dataset):
+        raise ValueError(f"{where}: expected a datasets.Dataset, got {type(dataset).__name__}.")
+    columns = set(dataset.column_names)
+    if len(dataset) == 0:
+        raise ValueError(f"{where} is empty: it has no rows to train on.")
+    if "prompt" not in columns:
+        raise ValueError(f"{where} has columns {sorted(columns)}; expected a 'prompt' column.")
+    rows: list[dict[str, Any]] = []
+    if {"completion", "label"} <= columns:
+        for i, ex in enumerate(dataset):
+            completion = _response(ex["completion"], "completion", i, where)
+            rows.append({"prompt": _prompt(ex["prompt"], i, where), "completion": completion,
+                         LABEL_COLUMN: _label(ex["label"], "label", i, where)})  # fmt: skip
+    elif {"completions", "labels"} <= columns:
+        for i, ex in enumerate(dataset):
+            completions, labels = ex["completions"], ex["labels"]
+            if not isinstance(completions, list) or not completions:
+                raise ValueError(f"{where}: column 'completions', row {i}: the prompt has no completion.")
+            if not isinstance(labels, list) or len(labels) != len(completions):
+                raise ValueError(f"{where}: column 'labels', row {i}: expected a list as long as 'completions'.")
+            for completion, label in zip(completions, labels):
+                rows.append({"prompt": _prompt(ex["prompt"], i, where),
+                             "completion": _response(completion, "completions", i, where),
+                             LABEL_COLUMN: _label(label, "labels", i, where)})  # fmt: skip
+    elif {"chosen", "rejected"} <= columns:
+        for i, ex in enumerate(dataset):
+            prompt = _prompt(ex["prompt"], i, where)
+            rows.append({"prompt": prompt, "completion": _response(ex["chosen"], "chosen", i, where), LABEL_COLUMN: 1})
+            rows.append(
+                {"prompt": prompt, "completion": _response(ex["rejected"], "rejected", i, where), LABEL_COLUMN: 0}
+            )
+    else:
+        raise ValueError(
+            f"{where} has columns {sorted(columns)}; expected 'prompt' with 'completion' and 'label', with "
+            "'completions' and 'labels', or with 'chosen' and 'rejected'."
+        )
+    return rows
+
+
+def _key(prompt: Any) -> str:
+    return prompt if isinstance(prompt, str) else json.dumps(prompt, sort_keys=True)
+
+
+def to_pairs(dataset: Dataset, where: str = "train_dataset") -> list[dict[str, Any]]:
+    """Rows ``{prompt, chosen, rejected}``: given pairs as they are, else every correct x incorrect per prompt."""
+    if {"prompt", "chosen", "rejected"} <= set(dataset.column_names):
+        to_unpaired(dataset, where)  # validates every row
+        return [{"prompt": ex["prompt"], "chosen": ex["chosen"], "rejected": ex["rejected"]} for ex in dataset]
+    groups: dict[str, dict[str, list]] = {}
+    for row in to_unpaired(dataset, where):
+        group = groups.setdefault(_key(row["prompt"]), {"prompt": row["prompt"], "pos": [], "neg": []})
+        group["pos" if row[LABEL_COLUMN] else "neg"].append(row["completion"])
+    pairs = [
+        {"prompt": g["prompt"], "chosen": pos, "rejected": neg}
+        for g in groups.values()
+        for pos in g["pos"]
+        for neg in g["neg"]
+    ]
+    if not pairs:
+        raise ValueError(
+            f"{where}: loss_type='dpo' needs at least one prompt with both a correct and an incorrect response; none "
+            f"of the {len(groups)} prompts has both. Use loss_type='ce' for this data."
+        )
+    return pairs
+
+
+def prepare_prm_dataset(dataset: Dataset | None, loss_type: str, where: str) -> Dataset | None:
+    """The dataset the trainer feeds to SFT's tokenisation: prompt-completion rows (plus ``rejected`` for pairs)."""
+    if dataset is None:
+        return None
+    if loss_type == "ce":
+        return Dataset.from_list(to_unpaired(dataset, where))
+    pairs = to_pairs(dataset, where)
+    # SFT's preprocessing sees a prompt-completion dataset (the chosen side); the trainer tokenises `rejected` too.
+    return Dataset.from_list(
+        [
+            {"prompt": p["prompt"], "completion": p["chosen"], "rejected": p["rejected"], "prm_pair": i}
+            for i, p in enumerate(pairs)
+        ]
+    )

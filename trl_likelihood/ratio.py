@@ -1,0 +1,96 @@
+"""The likelihood-ratio core: per-token and per-sequence log-probs of scored tokens under a policy and a reference.
+
+Shared by the implicit PRM (the reward is ``beta * log pi/pi_ref``) and DDO (the discriminator is the same ratio).
+Log-probs come from TRL's fused LM head in fp32, so the ``(B, T, V)`` logits are never built. The reference is one of:
+
+- ``"adapter"``: the PEFT model with its adapter disabled, so no second copy of the weights is in memory;
+- ``"model"``: an explicit frozen model (given by the user, or a copy of the policy at the start);
+- ``"precomputed"``: log-prob sums stored in the dataset before training (``precompute_ref_log_probs``), for data
+  that is seen several times.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from accelerate.utils import is_peft_model
+
+from . import _compat
+
+
+@dataclass
+class TokenLogps:
+    """Log-probs of the scored tokens of a batch.
+
+    Attributes:
+        logps: ``(B, T-1)`` fp32 ``log p(x_t | x_<t)`` at target positions, ``0`` where not scored.
+        mask: ``(B, T-1)`` bool, true on scored tokens (labels != -100 after the causal shift).
+        outputs: the fused model output (``entropy`` and ``is_top1`` when the head computes them).
+    """
+
+    logps: torch.Tensor
+    mask: torch.Tensor
+    outputs: Any = None
+
+    def sequence(self) -> torch.Tensor:
+        """``(B,)`` sums over scored tokens: no length normalisation, as in the papers' official code."""
+        return self.logps.sum(-1)
+
+
+def ensure_fused_head(model: torch.nn.Module, outputs: tuple[str, ...] = ("log_probs",)) -> None:
+    """Patch ``model`` (the base model under PEFT) with TRL's fused LM head, once."""
+    target = model.get_base_model() if is_peft_model(model) else model
+    if not getattr(target, "_trl_likelihood_fused", False):
+        _compat.add_fused_lm_head(target, outputs=outputs)
+        target._trl_likelihood_fused = True
+
+
+def token_logps(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> TokenLogps:
+    """One forward of ``model`` (with a fused head) on ``input_ids``/``attention_mask``/``labels``; fp32 log-probs."""
+    inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "labels", "position_ids") if k in batch}
+    outputs = model(**inputs, use_cache=False, fused_lm_head=True)
+    return TokenLogps(outputs.log_probs.float(), outputs.label_mask, outputs)
+
+
+@contextlib.contextmanager
+def adapter_disabled(model: torch.nn.Module):
+    """Run the PEFT ``model`` as its base model (the implicit reference), then restore the adapter."""
+    unwrapped = model.module if hasattr(model, "module") else model  # DDP
+    with unwrapped.disable_adapter():
+        yield unwrapped
+
+
+class Reference:
+    """Where reference log-probs come from; ``sequence_logps(batch)`` returns ``(B,)`` sums under no grad."""
+
+    def __init__(self, policy: torch.nn.Module, ref_model: torch.nn.Module | None = None, precomputed: bool = False):
+        if precomputed:
+            self.kind = "precomputed"
+        elif ref_model is not None:
+            self.kind = "model"
+        elif is_peft_model(policy.module if hasattr(policy, "module") else policy):
+            self.kind = "adapter"
+        else:
+            raise ValueError(
+                "No reference: pass `ref_model`, a `peft_config` (the reference is the base with the adapter "
+                "disabled), or set `precompute_ref_log_probs=True`."
+            )
+        self.ref_model = ref_model
+        if ref_model is not None:
+            ref_model.eval().requires_grad_(False)
+            ensure_fused_head(ref_model)
+
+    @torch.no_grad()
+    def sequence_logps(self, policy: torch.nn.Module, batch: dict[str, torch.Tensor], column: str = "ref_logps"):
+        """``(B,)`` reference log-prob sums of the scored tokens of ``batch``."""
+        if self.kind == "precomputed":
+            if column not in batch:
+                raise KeyError(f"Precomputed reference log-probs expected in column {column!r} of the batch.")
+            return batch[column].float()
+        if self.kind == "adapter":
+            with adapter_disabled(policy) as base:
+                return token_logps(base, batch).sequence()
+        return token_logps(self.ref_model, batch).sequence()

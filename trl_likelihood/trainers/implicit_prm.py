@@ -1,0 +1,286 @@
+"""Implicit PRM: an outcome reward parameterised as ``beta * log pi/pi_ref`` yields process (step) rewards for free.
+Paper: Yuan et al., "Free Process Rewards without Process Labels", 2024, arXiv:2412.01981. Code: PRIME-RL/ImplicitPRM.
+Maths: ALGORITHMS.md section 4.
+
+    r(y)  = beta * sum_t [log pi(y_t | x, y_<t) - log pi_ref(y_t | x, y_<t)]      (response tokens only)
+    ce:   loss = -[l log s(r(y)) + (1 - l) log s(-r(y))]                       (unpaired, label l in {0, 1})
+    dpo:  loss = -log s(r(y_w) - r(y_l))                                         (correct x incorrect, same prompt)
+
+Choices made here:
+- Sums over response tokens, no length normalisation [code: ``_get_batch_logps``]. The response is the completion
+  followed by EOS, tokenised by SFT's prompt-completion pipeline; prompt tokens are never scored [ours, tested].
+- ``logsigmoid`` instead of the official ``BCELoss(sigmoid(z))``, which clamps at -100 [code; pitfall in 4(f)].
+- The reference is the base model with the adapter disabled under PEFT (one model in memory), an explicit
+  ``ref_model``, a frozen copy of the initial policy, or log-probs precomputed once (``precompute_ref_log_probs``).
+- ``dpo`` from unpaired data pairs every correct with every incorrect response of a prompt [code: ``train_dpo.py``].
+- Per-step rewards at inference come from the partial sums of the same ratio: see ``trl_likelihood.scoring``.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from datasets import Dataset
+from transformers import AutoModelForCausalLM
+from trl import SFTConfig, SFTTrainer
+
+from .. import _compat
+from ..cards import CardInfo, public_model_name
+from ..losses import implicit_prm_dpo_loss, implicit_prm_loss
+from ..metrics import binary_auroc
+from ..prm_data import LABEL_COLUMN, prepare_prm_dataset
+from ..ratio import Reference, token_logps
+from .base import CardMixin
+
+IMPLICIT_PRM_CITATION = """\
+@article{yuan2024implicitprm,
+    title   = {{Free Process Rewards without Process Labels}},
+    author  = {Lifan Yuan and Wendi Li and Huayu Chen and Ganqu Cui and Ning Ding and Kaiyan Zhang and Bowen Zhou and
+               Zhiyuan Liu and Hao Peng},
+    journal = {arXiv preprint arXiv:2412.01981},
+    year    = 2024
+}"""
+
+_EXTRA_COLUMNS = [LABEL_COLUMN, "rejected_input_ids", "rejected_labels", "ref_logps", "rejected_ref_logps"]
+
+
+@dataclass
+class ImplicitPRMConfig(SFTConfig):
+    r"""[`~trl.SFTConfig`] plus the implicit PRM's fields. Data preparation (tokenisation, truncation) is SFT's.
+
+    Parameters:
+        beta (`float`, *optional*, defaults to `0.05`): scale of the implicit reward ``beta * log pi/pi_ref``; the
+            paper's value for 8B models. Small models on small data learn faster with larger beta (ALGORITHMS.md 4(g)).
+        loss_type (`str`, *optional*, defaults to `"ce"`): `"ce"` (unpaired labels) or `"dpo"` (pairs).
+        precompute_ref_log_probs (`bool`, *optional*, defaults to `False`): compute the reference log-probs of the
+            datasets once before training, so no reference forward runs during training.
+        precompute_ref_batch_size (`int`, *optional*): batch size of that pass; defaults to the eval batch size.
+    """
+
+    beta: float = field(default=0.05, metadata={"help": "Scale of the implicit reward beta * log(pi / pi_ref)."})
+    loss_type: str = field(
+        default="ce",
+        metadata={
+            "help": "'ce': unpaired outcome labels; 'dpo': correct x incorrect pairs.",
+            "choices": ["ce", "dpo"],
+        },
+    )
+    precompute_ref_log_probs: bool = field(
+        default=False, metadata={"help": "Compute the reference log-probs of the datasets once, before training."}
+    )
+    precompute_ref_batch_size: int | None = field(
+        default=None, metadata={"help": "Batch size of the precompute pass (default: per_device_eval_batch_size)."}
+    )
+
+    def __post_init__(self):
+        super().__post_init__()
+        if isinstance(self.beta, bool) or not isinstance(self.beta, int | float) or not self.beta > 0:
+            raise ValueError(f"`beta` must be a positive number, got {self.beta!r}.")
+        if self.loss_type not in ("ce", "dpo"):
+            raise ValueError(f"`loss_type` must be 'ce' or 'dpo', got {self.loss_type!r}.")
+        if self.packing:
+            raise ValueError("`packing=True` would merge responses whose rewards must stay separate; set it to False.")
+
+
+class PRMCollator:
+    """SFT's collator on each response, plus labels and stored reference log-probs; pairs as [chosen; rejected]."""
+
+    def __init__(self, base: Any):
+        self.base = base
+
+    def __call__(self, examples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        paired = "rejected_input_ids" in examples[0]
+        rows = [{"input_ids": e["input_ids"], "labels": e["labels"]} for e in examples]
+        labels = [e.get(LABEL_COLUMN, 1) for e in examples]
+        ref = [e["ref_logps"] for e in examples] if "ref_logps" in examples[0] else None
+        if paired:
+            rows += [{"input_ids": e["rejected_input_ids"], "labels": e["rejected_labels"]} for e in examples]
+            labels += [0] * len(examples)
+            if ref is not None:
+                ref += [e["rejected_ref_logps"] for e in examples]
+        batch = self.base(rows)
+        batch[LABEL_COLUMN] = torch.tensor(labels, dtype=torch.long)
+        if ref is not None:
+            batch["ref_logps"] = torch.tensor(ref, dtype=torch.float32)
+        return batch
+
+
+class ImplicitPRMTrainer(CardMixin, SFTTrainer):
+    """Trains an implicit PRM on outcome labels. Replaces ``KTOTrainer`` (unpaired) or ``DPOTrainer`` (pairs)."""
+
+    _name = "Implicit PRM"
+    _tag_names = ["trl", "trl-likelihood", "implicit-prm", "process-reward-model"]
+    _paper = {
+        "title": "Free Process Rewards without Process Labels",
+        "id": "2412.01981",
+        "citation": IMPLICIT_PRM_CITATION,
+    }
+    _card_template = "implicit_prm.md"
+    _card_pipeline_tag = None  # a scorer, not a generator
+    loss_is_scaled_for_ga = False  # a per-sequence mean, like DPO: the Trainer divides by the accumulation steps
+
+    def __init__(
+        self,
+        model: Any,
+        ref_model: Any = None,
+        args: ImplicitPRMConfig | None = None,
+        train_dataset: Dataset | None = None,
+        eval_dataset: Dataset | dict[str, Dataset] | None = None,
+        **kwargs: Any,
+    ):
+        if args is None:
+            name = model if isinstance(model, str) else model.config._name_or_path
+            args = ImplicitPRMConfig(f"{str(name).split('/')[-1]}-ImplicitPRM")
+        if not isinstance(args, ImplicitPRMConfig):
+            raise TypeError(f"`args` must be an ImplicitPRMConfig, got {type(args).__name__}.")
+        if kwargs.get("compute_loss_func") is not None:
+            raise ValueError(
+                "ImplicitPRMTrainer defines its own loss; `compute_loss_func` cannot be combined with it."
+            )
+        train_dataset = prepare_prm_dataset(train_dataset, args.loss_type, "train_dataset")
+        if isinstance(eval_dataset, dict):
+            eval_dataset = {
+                k: prepare_prm_dataset(v, args.loss_type, f"eval_dataset[{k!r}]") for k, v in eval_dataset.items()
+            }
+        else:
+            eval_dataset = prepare_prm_dataset(eval_dataset, args.loss_type, "eval_dataset")
+        with _compat.sft_init_accepting_loss_type(args):
+            super().__init__(model, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset, **kwargs)
+        self.data_collator = PRMCollator(self.data_collator)
+        self.reference = self._build_reference(model, ref_model)
+        self._rewards = {"train": [], "eval": []}
+        if args.precompute_ref_log_probs:
+            self._precompute_reference_logps()
+
+    # ------------------------------------------------------------------ reference
+    def _build_reference(self, model: Any, ref_model: Any) -> Reference:
+        self._reference_name = public_model_name(
+            ref_model
+            if isinstance(ref_model, str)
+            else getattr(getattr(ref_model, "config", None), "_name_or_path", None)
+        )
+        if isinstance(ref_model, str):
+            ref_model = AutoModelForCausalLM.from_pretrained(ref_model, **(self.args.model_init_kwargs or {}))
+        if ref_model is None and not _compat.is_peft(self.model):
+            # Full fine-tuning without a reference: a frozen copy of the initial policy (DPOTrainer does the same).
+            ref_model = copy.deepcopy(self.accelerator.unwrap_model(self.model))
+        if ref_model is not None:
+            ref_model = ref_model.to(self.accelerator.device)
+        reference = Reference(self.model, ref_model)
+        self._reference_source = reference.kind
+        return reference
+
+    @torch.no_grad()
+    def _precompute_reference_logps(self) -> None:
+        """Store reference log-prob sums as dataset columns, then drop the reference model from memory."""
+        size = self.args.precompute_ref_batch_size or self.args.per_device_eval_batch_size
+        self.train_dataset = self._with_ref_logps(self.train_dataset, size)
+        if isinstance(self.eval_dataset, dict):
+            self.eval_dataset = {k: self._with_ref_logps(v, size) for k, v in self.eval_dataset.items()}
+        elif self.eval_dataset is not None:
+            self.eval_dataset = self._with_ref_logps(self.eval_dataset, size)
+        self.reference = Reference(self.model, precomputed=True)
+        self._reference_source = f"precomputed-{self._reference_source}"
+
+    def _with_ref_logps(self, dataset: Dataset, batch_size: int) -> Dataset:
+        was_training = self.model.training
+        self.model.eval()
+        chosen, rejected = [], []
+        for start in range(0, len(dataset), batch_size):
+            examples = [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
+            batch = self._prepare_inputs(self.data_collator(examples))
+            logps = self.reference.sequence_logps(self.model, batch).cpu().tolist()
+            chosen += logps[: len(examples)]
+            rejected += logps[len(examples) :]
+        self.model.train(was_training)
+        dataset = dataset.add_column("ref_logps", chosen)
+        return dataset.add_column("rejected_ref_logps", rejected) if rejected else dataset
+
+    # ------------------------------------------------------------------ data
+    def _prepare_dataset(self, dataset, processing_class, args, packing, formatting_func, dataset_name):
+        if "rejected" not in (dataset.column_names or []):
+            return super()._prepare_dataset(dataset, processing_class, args, packing, formatting_func, dataset_name)
+        chosen = _compat.prepare_sft_dataset(
+            self, dataset.remove_columns("rejected"), processing_class, args, f"{dataset_name} chosen"
+        )
+        rejected = dataset.remove_columns("completion").rename_column("rejected", "completion")
+        rejected = _compat.prepare_sft_dataset(self, rejected, processing_class, args, f"{dataset_name} rejected")
+        by_pair = {
+            p: (ids, lab) for p, ids, lab in zip(rejected["prm_pair"], rejected["input_ids"], rejected["labels"])
+        }
+        chosen = chosen.filter(lambda ex: ex["prm_pair"] in by_pair)  # a side truncated to nothing drops the pair
+        if len(chosen) == 0:
+            raise ValueError(
+                f"{dataset_name}: no pair has scorable tokens on both sides after truncation to max_length."
+            )
+        chosen = chosen.add_column("rejected_input_ids", [by_pair[p][0] for p in chosen["prm_pair"]])
+        return chosen.add_column("rejected_labels", [by_pair[p][1] for p in chosen["prm_pair"]])
+
+    def _set_signature_columns_if_needed(self):
+        super()._set_signature_columns_if_needed()
+        self._signature_columns = list(dict.fromkeys([*self._signature_columns, *_EXTRA_COLUMNS]))
+
+    # ------------------------------------------------------------------ loss
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        mode = "train" if self.model.training else "eval"
+        labels = inputs.pop(LABEL_COLUMN)
+        policy = token_logps(model, inputs).sequence()
+        ref = self.reference.sequence_logps(model, inputs)
+        beta = self.args.beta
+        if self.args.loss_type == "ce":
+            loss = implicit_prm_loss(policy, ref, labels, beta)
+        else:
+            n = policy.shape[0] // 2
+            loss = implicit_prm_dpo_loss(policy[:n], ref[:n], policy[n:], ref[n:], beta)
+        rewards = torch.stack([beta * (policy.detach() - ref), labels.to(policy)], 1)  # (rows, 2)
+        # One row per example for `gather_for_metrics` (it trims the padded last batch by examples): a pair is 1 row.
+        per_example = rewards if self.args.loss_type == "ce" else torch.cat(rewards.chunk(2), 1)
+        gathered = self.accelerator.gather_for_metrics(per_example)
+        self._rewards[mode].append(gathered if self.args.loss_type == "ce" else torch.cat(gathered.chunk(2, 1)))
+        return (loss, None) if return_outputs else loss
+
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+        inputs = self._prepare_inputs(inputs)
+        with torch.no_grad(), self.compute_loss_context_manager():
+            loss = self.compute_loss(model, inputs)
+        return loss.detach(), None, None
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        mode = "train" if self.model.training else "eval"
+        if self._rewards[mode]:
+            rewards, labels = torch.cat(self._rewards[mode]).float().cpu().unbind(1)
+            store = _compat.metrics_store(self, mode)
+            for key, value in reward_metrics(rewards, labels.bool(), self.args.loss_type).items():
+                store[f"prm/{key}"] = [value]
+        self._rewards[mode] = []
+        super().log(logs, start_time)
+
+    def card_hyperparameters(self) -> dict[str, Any]:
+        return {"beta": self.args.beta, "loss_type": self.args.loss_type}
+
+    def card_extra(self, info: CardInfo) -> dict[str, Any]:
+        reference_is_base = info.is_adapter and self._reference_source in ("adapter", "precomputed-adapter")
+        return {"reference_is_base": reference_is_base, "reference": self._reference_name or info.base_model}
+
+
+def reward_metrics(rewards: torch.Tensor, labels: torch.Tensor, loss_type: str) -> dict[str, float]:
+    """Outcome accuracy, mean reward of correct and incorrect responses, and AUROC, over the logged window.
+
+    ``ce`` accuracy is the sign of the reward against the label; ``dpo`` accuracy is the share of pairs ranked right
+    (rows arrive as [chosen; rejected] per batch, so pairs are matched through the label order of each batch).
+    """
+    pos, neg = rewards[labels], rewards[~labels]
+    metrics = {"auroc": binary_auroc(rewards, labels)}
+    if loss_type == "ce":
+        metrics["accuracy"] = ((rewards > 0) == labels).float().mean().item()
+    else:
+        metrics["accuracy"] = (pos > neg).float().mean().item() if len(pos) == len(neg) else float("nan")
+        metrics["margin"] = (pos - neg).mean().item() if len(pos) == len(neg) else float("nan")
+    if len(pos):
+        metrics["reward_correct"] = pos.mean().item()
+    if len(neg):
+        metrics["reward_incorrect"] = neg.mean().item()
+    return metrics
