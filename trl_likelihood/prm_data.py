@@ -42,6 +42,39 @@ def _prompt(value: Any, row: int, where: str) -> Any:
     return value
 
 
+def _row(prompt: Any, completion: Any, label: int) -> dict[str, Any]:
+    return {"prompt": prompt, "completion": completion, LABEL_COLUMN: label}
+
+
+def _unpaired_rows(ex: dict, i: int, where: str) -> list[dict[str, Any]]:
+    prompt = _prompt(ex["prompt"], i, where)
+    return [_row(prompt, _response(ex["completion"], "completion", i, where), _label(ex["label"], "label", i, where))]
+
+
+def _grouped_rows(ex: dict, i: int, where: str) -> list[dict[str, Any]]:
+    prompt, completions, labels = _prompt(ex["prompt"], i, where), ex["completions"], ex["labels"]
+    if not isinstance(completions, list) or not completions:
+        raise ValueError(f"{where}: column 'completions', row {i}: the prompt has no completion.")
+    if not isinstance(labels, list) or len(labels) != len(completions):
+        raise ValueError(f"{where}: column 'labels', row {i}: expected a list as long as 'completions'.")
+    return [
+        _row(prompt, _response(c, "completions", i, where), _label(lab, "labels", i, where))
+        for c, lab in zip(completions, labels)
+    ]
+
+
+def _paired_rows(ex: dict, i: int, where: str) -> list[dict[str, Any]]:
+    prompt = _prompt(ex["prompt"], i, where)
+    return [
+        _row(prompt, _response(ex["chosen"], "chosen", i, where), 1),
+        _row(prompt, _response(ex["rejected"], "rejected", i, where), 0),
+    ]
+
+
+_FORMATS = (({"completion", "label"}, _unpaired_rows), ({"completions", "labels"}, _grouped_rows),
+            ({"chosen", "rejected"}, _paired_rows))  # fmt: skip
+
+
 def to_unpaired(dataset: Dataset, where: str = "train_dataset") -> list[dict[str, Any]]:
     """Rows ``{prompt, completion, prm_label}`` from any accepted format, validated row by row."""
     if not isinstance(dataset, Dataset):
@@ -51,36 +84,13 @@ def to_unpaired(dataset: Dataset, where: str = "train_dataset") -> list[dict[str
         raise ValueError(f"{where} is empty: it has no rows to train on.")
     if "prompt" not in columns:
         raise ValueError(f"{where} has columns {sorted(columns)}; expected a 'prompt' column.")
-    rows: list[dict[str, Any]] = []
-    if {"completion", "label"} <= columns:
-        for i, ex in enumerate(dataset):
-            completion = _response(ex["completion"], "completion", i, where)
-            rows.append({"prompt": _prompt(ex["prompt"], i, where), "completion": completion,
-                         LABEL_COLUMN: _label(ex["label"], "label", i, where)})  # fmt: skip
-    elif {"completions", "labels"} <= columns:
-        for i, ex in enumerate(dataset):
-            completions, labels = ex["completions"], ex["labels"]
-            if not isinstance(completions, list) or not completions:
-                raise ValueError(f"{where}: column 'completions', row {i}: the prompt has no completion.")
-            if not isinstance(labels, list) or len(labels) != len(completions):
-                raise ValueError(f"{where}: column 'labels', row {i}: expected a list as long as 'completions'.")
-            for completion, label in zip(completions, labels):
-                rows.append({"prompt": _prompt(ex["prompt"], i, where),
-                             "completion": _response(completion, "completions", i, where),
-                             LABEL_COLUMN: _label(label, "labels", i, where)})  # fmt: skip
-    elif {"chosen", "rejected"} <= columns:
-        for i, ex in enumerate(dataset):
-            prompt = _prompt(ex["prompt"], i, where)
-            rows.append({"prompt": prompt, "completion": _response(ex["chosen"], "chosen", i, where), LABEL_COLUMN: 1})
-            rows.append(
-                {"prompt": prompt, "completion": _response(ex["rejected"], "rejected", i, where), LABEL_COLUMN: 0}
-            )
-    else:
-        raise ValueError(
-            f"{where} has columns {sorted(columns)}; expected 'prompt' with 'completion' and 'label', with "
-            "'completions' and 'labels', or with 'chosen' and 'rejected'."
-        )
-    return rows
+    for needed, expand in _FORMATS:
+        if needed <= columns:
+            return [row for i, ex in enumerate(dataset) for row in expand(ex, i, where)]
+    raise ValueError(
+        f"{where} has columns {sorted(columns)}; expected 'prompt' with 'completion' and 'label', with "
+        "'completions' and 'labels', or with 'chosen' and 'rejected'."
+    )
 
 
 def _key(prompt: Any) -> str:
