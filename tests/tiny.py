@@ -30,7 +30,8 @@ CHAT_TEMPLATE = (
 )
 
 
-def build_tokenizer():
+def build_tokenizer(vocab_size: int = 300, corpus: list[str] | None = None):
+    """Byte-level BPE trained on ``corpus`` (default ``CORPUS``); a richer corpus is needed to reach a larger vocab."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -39,9 +40,9 @@ def build_tokenizer():
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=300, special_tokens=special, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+        vocab_size=vocab_size, special_tokens=special, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
     )
-    tok.train_from_iterator(CORPUS, trainer=trainer)
+    tok.train_from_iterator(CORPUS if corpus is None else corpus, trainer=trainer)
     return PreTrainedTokenizerFast(
         tokenizer_object=tok,
         eos_token="<|endoftext|>",
@@ -51,20 +52,33 @@ def build_tokenizer():
     )
 
 
-def build_tiny_model(out_dir: str, hidden_size: int = 32, seed: int = 0) -> str:
-    """Save a tiny Qwen2 model and its tokenizer to ``out_dir`` and return it."""
+def build_tiny_model(
+    out_dir: str,
+    hidden_size: int = 32,
+    seed: int = 0,
+    *,
+    num_layers: int = 2,
+    vocab_size: int = 300,
+    corpus: list[str] | None = None,
+    max_position_embeddings: int = 256,
+) -> str:
+    """Save a tiny Qwen2 model and its tokenizer to ``out_dir`` and return it.
+
+    The keyword-only options (layers, tokenizer vocab and corpus, context) build bigger models for the benchmarks;
+    the defaults are the test model.
+    """
     import torch
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
-    tokenizer = build_tokenizer()
+    tokenizer = build_tokenizer(vocab_size, corpus)
     config = Qwen2Config(
         vocab_size=len(tokenizer),
         hidden_size=hidden_size,
         intermediate_size=2 * hidden_size,
-        num_hidden_layers=2,
+        num_hidden_layers=num_layers,
         num_attention_heads=4,
         num_key_value_heads=2,
-        max_position_embeddings=256,
+        max_position_embeddings=max_position_embeddings,
         tie_word_embeddings=False,
         bos_token_id=tokenizer.eos_token_id,
         eos_token_id=tokenizer.eos_token_id,
