@@ -1,8 +1,18 @@
 """trl-likelihood: beyond-maximum-likelihood objectives as drop-in TRL trainers."""
 
-from .losses import mixce_loss, mixce_token_loss
-from .trainers import MixCEConfig, MixCETrainer
+from .losses import implicit_prm_dpo_loss, implicit_prm_loss, mixce_loss, mixce_token_loss
+from .trainers import ImplicitPRMConfig, ImplicitPRMTrainer, MixCEConfig, MixCETrainer
 
 __version__ = "0.1.0"
 
-__all__ = ["MixCEConfig", "MixCETrainer", "mixce_loss", "mixce_token_loss", "__version__"]
+__all__ = [
+    "ImplicitPRMConfig",
+    "ImplicitPRMTrainer",
+    "MixCEConfig",
+    "MixCETrainer",
+    "__version__",
+    "implicit_prm_dpo_loss",
+    "implicit_prm_loss",
+    "mixce_loss",
+    "mixce_token_loss",
+]

@@ -37,7 +37,7 @@ from trl import (
 
 from . import __version__
 from .data import hub_dataset_id, load_training_dataset
-from .trainers import MixCEConfig, MixCETrainer
+from .trainers import ImplicitPRMConfig, ImplicitPRMTrainer, MixCEConfig, MixCETrainer
 
 logger = get_logger(__name__)
 
@@ -66,6 +66,13 @@ METHODS: dict[str, Method] = {
         help="MixCE: forward + self-reinforced reverse cross-entropy (--eta); language-modeling or prompt-completion "
         "data.",
         replaces="sft",
+    ),
+    "implicit-prm": Method(
+        config_class=ImplicitPRMConfig,
+        trainer_class=ImplicitPRMTrainer,
+        help="Implicit PRM: outcome reward beta*log(pi/pi_ref) on correct/incorrect labels, step rewards for free "
+        "(--beta, --loss_type ce|dpo); prompt+completion+label or prompt+chosen+rejected data.",
+        replaces="kto",
     ),
 }
 

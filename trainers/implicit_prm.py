@@ -1,0 +1,23 @@
+"""Launch script for the implicit PRM; the same parser and main as ``trl-likelihood implicit-prm``.
+
+```bash
+python trainers/implicit_prm.py \
+    --model_name_or_path Qwen/Qwen2.5-0.5B-Instruct \
+    --dataset_name your/rollouts-with-verdicts \
+    --loss_type ce --beta 0.05 --learning_rate 5e-7 \
+    --use_peft --lora_r 16 \
+    --output_dir Qwen2.5-0.5B-ImplicitPRM
+
+accelerate launch --multi_gpu --num_processes 2 trainers/implicit_prm.py --config prm.yaml
+```
+
+Data: ``prompt, completion, label`` (unpaired), ``prompt, completions, labels`` (lists), or ``prompt, chosen,
+rejected`` (pairs). With ``--use_peft`` the reference is the base model with the adapter disabled.
+"""
+
+import sys
+
+from trl_likelihood.cli import main
+
+if __name__ == "__main__":
+    sys.exit(main(["implicit-prm", *sys.argv[1:]]))
