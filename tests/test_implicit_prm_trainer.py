@@ -166,8 +166,10 @@ def test_prm_without_reference_copies_the_initial_policy(tiny_model_dir, unpaire
 def test_prm_gradient_accumulation_matches_one_big_batch(tiny_model_dir, unpaired, tmp_path):
     runs = []
     opt = dict(max_steps=2, learning_rate=0.5, optim="sgd")
-    for name, kw in (("big", dict(per_device_train_batch_size=8)), ("acc", dict(per_device_train_batch_size=4,
-                                                                                  gradient_accumulation_steps=2))):  # fmt: skip
+    for name, kw in (
+        ("big", dict(per_device_train_batch_size=8)),
+        ("acc", dict(per_device_train_batch_size=4, gradient_accumulation_steps=2)),
+    ):
         args = ImplicitPRMConfig(f"{tmp_path}/{name}", beta=0.5, **cpu_args(**opt, **kw))
         trainer = ImplicitPRMTrainer(
             model=tiny_model_dir, args=args, train_dataset=unpaired, peft_config=LoraConfig(**LORA)
@@ -189,8 +191,9 @@ def test_dpo_pairs_every_correct_with_every_incorrect():
 
 
 def test_prm_grouped_format_is_expanded(tiny_model_dir, tmp_path):
-    ds = Dataset.from_dict({"prompt": ["a cat", "a dog"], "completions": [[" runs", " sat"], [" red"]],
-                            "labels": [[True, False], [True]]})  # fmt: skip
+    ds = Dataset.from_dict(
+        {"prompt": ["a cat", "a dog"], "completions": [[" runs", " sat"], [" red"]], "labels": [[True, False], [True]]}
+    )
     trainer = ImplicitPRMTrainer(
         model=tiny_model_dir, args=_args(tmp_path, "grouped"), train_dataset=ds, peft_config=LoraConfig(**LORA)
     )
@@ -200,25 +203,47 @@ def test_prm_grouped_format_is_expanded(tiny_model_dir, tmp_path):
 @pytest.mark.parametrize(
     ("columns", "loss_type", "message"),
     [
-        ({"prompt": ["a", "b"], "completion": [" x", " y"], "label": [1, 2]}, "ce", "column 'label', row 1: expected a boolean or 0/1"),
+        (
+            {"prompt": ["a", "b"], "completion": [" x", " y"], "label": [1, 2]},
+            "ce",
+            "column 'label', row 1: expected a boolean or 0/1",
+        ),
         ({"prompt": ["a", "b"], "completion": [" x", " y"], "label": ["yes", "no"]}, "ce", "column 'label', row 0"),
-        ({"prompt": ["a", "b"], "completion": [" x", ""], "label": [1, 0]}, "ce", "column 'completion', row 1: the prompt has no completion"),
-        ({"prompt": ["a", "b"], "completion": [" x", " y"], "label": [1, 0]}, "dpo", "needs at least one prompt with both"),
+        (
+            {"prompt": ["a", "b"], "completion": [" x", ""], "label": [1, 0]},
+            "ce",
+            "column 'completion', row 1: the prompt has no completion",
+        ),
+        (
+            {"prompt": ["a", "b"], "completion": [" x", " y"], "label": [1, 0]},
+            "dpo",
+            "needs at least one prompt with both",
+        ),
         ({"prompt": ["a"], "chosen": [" x"]}, "ce", "expected 'prompt' with 'completion' and 'label'"),
-        ({"prompt": ["a"], "completions": [[" x", " y"]], "labels": [[1]]}, "ce", "column 'labels', row 0: expected a list as long"),
+        (
+            {"prompt": ["a"], "completions": [[" x", " y"]], "labels": [[1]]},
+            "ce",
+            "column 'labels', row 0: expected a list as long",
+        ),
     ],
-)  # fmt: skip
+)
 def test_prm_bad_data_fails_before_training(tiny_model_dir, tmp_path, columns, loss_type, message):
     with pytest.raises(ValueError, match=message):
-        ImplicitPRMTrainer(model=tiny_model_dir, args=_args(tmp_path, "bad", loss_type=loss_type),
-                           train_dataset=Dataset.from_dict(columns))  # fmt: skip
+        ImplicitPRMTrainer(
+            model=tiny_model_dir,
+            args=_args(tmp_path, "bad", loss_type=loss_type),
+            train_dataset=Dataset.from_dict(columns),
+        )
 
 
 @pytest.mark.parametrize(
     ("kw", "message"),
-    [({"beta": 0.0}, "`beta` must be a positive"), ({"loss_type": "kto"}, "`loss_type` must be 'ce' or 'dpo'"),
-     ({"packing": True}, "packing")],
-)  # fmt: skip
+    [
+        ({"beta": 0.0}, "`beta` must be a positive"),
+        ({"loss_type": "kto"}, "`loss_type` must be 'ce' or 'dpo'"),
+        ({"packing": True}, "packing"),
+    ],
+)
 def test_prm_config_rejects_bad_values(tmp_path, kw, message):
     with pytest.raises(ValueError, match=message):
         ImplicitPRMConfig(str(tmp_path), use_cpu=True, bf16=False, **kw)
