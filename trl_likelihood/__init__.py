@@ -1,11 +1,14 @@
 """trl-likelihood: beyond-maximum-likelihood objectives as drop-in TRL trainers."""
 
 from .losses import implicit_prm_dpo_loss, implicit_prm_loss, mixce_loss, mixce_token_loss
+from .scoring import ImplicitPRM, StepScores
 from .trainers import ImplicitPRMConfig, ImplicitPRMTrainer, MixCEConfig, MixCETrainer
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "ImplicitPRM",
+    "StepScores",
     "ImplicitPRMConfig",
     "ImplicitPRMTrainer",
     "MixCEConfig",

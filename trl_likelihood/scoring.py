@@ -1,0 +1,354 @@
+"""Implicit PRM at inference: per-step rewards from the log-ratio of a model trained on outcome labels only.
+Paper: Yuan et al., "Free Process Rewards without Process Labels", 2024, arXiv:2412.01981. Code: PRIME-RL/ImplicitPRM
+(``eval/prm_eval_utils.py``). Maths: ALGORITHMS.md 4(a), inference lines of 4(b), pitfalls in 4(f).
+
+    q_t = beta * sum_{i <= last token of step t} [log pi(y_i | x, y_<i) - log pi_ref(y_i | x, y_<i)]
+    r_t = q_t - q_{t-1}        score = min_t r_t ("min"), sum_t r_t ("sum"), q_T ("last") or min_t q_t ("min_q")
+
+Choices made here:
+- The response is ``step_separator.join(steps)``, tokenised as TRL 1.16's ``SFTTrainer`` tokenises prompt-completion
+  data, so scores are the rewards the model was trained on [ours, tested]. Plain text: ``tok(prompt)`` and
+  ``tok(prompt + response + eos)``, with EOS appended as SFT does. Conversational prompt (a list of messages): the
+  chat template renders the prompt with ``add_generation_prompt=True`` and the prompt plus an assistant message
+  holding the response; the tokens the template writes after the response (e.g. ``<|im_end|>``) play EOS's part.
+  In both, the completion starts where the two token lists diverge (TRL's ``common_prefix_length``).
+- The EOS (or the template's closing tokens) belongs to the last step, so the step rewards sum to the outcome reward
+  of training; ``add_eos=False`` scores the response text alone.
+- Step boundaries come from the token offsets of the full text, never from re-tokenised prefixes, which shift when
+  BPE merges across a boundary (4(f)) [ours]. A token belongs to the step in which its last character lies; a step
+  owns the text from its first character up to the first character of the next step, separator included. So
+  ``q_t`` is read after the longest run of tokens that shows nothing of step t+1, and every response token belongs
+  to exactly one step (a token straddling a boundary counts where it ends, once it is complete).
+- ``reference="base"`` is the policy with its PEFT adapter disabled: one model in memory, two forwards a batch.
+- Log-probs come from ``ratio.token_logps`` (TRL's fused head, fp32); step sums are accumulated in float64.
+Tests check the identity: the step rewards sum to ``beta`` times a naive full-logits log-ratio of the response.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import warnings
+from bisect import bisect_right
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from accelerate.utils import is_peft_model
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
+from transformers.utils.peft_utils import find_adapter_config_file
+
+from .ratio import adapter_disabled, ensure_fused_head, token_logps
+
+AGGREGATES = ("min", "sum", "last", "min_q")
+Prompt = str | list[dict[str, Any]]  # plain text, or chat messages
+_PLACEHOLDER = "\ue000"  # a private-use character, to find where a chat template puts the assistant's content
+
+
+@dataclass
+class StepScores:
+    """Process rewards of one response (in nats times ``beta``).
+
+    Attributes:
+        step_rewards: ``r_t = q_t - q_{t-1}``, one per step (``0.0`` for a step that owns no token).
+        q_values: cumulative ``q_t`` at each step's last token.
+        score: ``step_rewards``/``q_values`` reduced by ``aggregate``.
+        outcome_reward: ``beta * (log pi(y) - log pi_ref(y))`` over all response tokens; equals ``q_values[-1]``.
+        num_tokens: response tokens owned by each step; they sum to the number of response tokens.
+        aggregate: the reduction that gave ``score``.
+    """
+
+    step_rewards: list[float]
+    q_values: list[float]
+    score: float
+    outcome_reward: float
+    num_tokens: list[int]
+    aggregate: str
+
+
+def aggregate_steps(step_rewards: list[float], q_values: list[float], aggregate: str) -> float:
+    """Reduce a response's steps to one score; names follow ImplicitPRM issue #9 (single/accumulative x min/sum).
+
+    ``"min"`` (single-min, the paper's Best-of-N default) is the weakest step; ``"sum"`` (single-sum) and ``"last"``
+    are both the outcome reward (``"sum"`` adds the steps, ``"last"`` reads ``q_T``); ``"min_q"`` is accumulative-min.
+    """
+    if aggregate == "min":
+        return min(step_rewards)
+    if aggregate == "sum":
+        return math.fsum(step_rewards)
+    if aggregate == "last":
+        return q_values[-1]
+    if aggregate == "min_q":
+        return min(q_values)
+    raise ValueError(f"`aggregate` must be one of {AGGREGATES}, got {aggregate!r}.")
+
+
+@dataclass
+class _Encoded:
+    input_ids: list[int]
+    prompt_len: int  # tokens before the completion (TRL's common prefix of the prompt and full tokenisations)
+    token_step: list[int]  # step of each completion token, len(input_ids) - prompt_len entries
+    num_steps: int
+
+
+def _common_prefix_length(ids: list[int], other: list[int]) -> int:
+    """As TRL 1.16's ``trl.data_utils.common_prefix_length``: the completion starts where the two lists diverge."""
+    n = 0
+    for a, b in zip(ids, other):
+        if a != b:
+            break
+        n += 1
+    return n
+
+
+def _load_model(name_or_path: str, model_kwargs: dict[str, Any]) -> torch.nn.Module:
+    """A causal LM, or a PEFT model (base + adapter) when ``name_or_path`` holds an ``adapter_config.json``."""
+    if find_adapter_config_file(str(name_or_path)) is not None:
+        from peft import AutoPeftModelForCausalLM
+
+        return AutoPeftModelForCausalLM.from_pretrained(name_or_path, **model_kwargs)
+    return AutoModelForCausalLM.from_pretrained(name_or_path, **model_kwargs)
+
+
+def _load_tokenizer(source: Any, policy: torch.nn.Module) -> PreTrainedTokenizerBase:
+    """The policy's tokenizer: from its path, else (an adapter saved without one) from its base model's path."""
+    candidates = [str(source)] if isinstance(source, str | os.PathLike) else []
+    if is_peft_model(policy):
+        candidates.append(policy.peft_config[policy.active_adapter].base_model_name_or_path)
+    candidates.append(getattr(policy, "name_or_path", None))
+    errors = []
+    for name in dict.fromkeys(c for c in candidates if c):
+        try:
+            return AutoTokenizer.from_pretrained(name)
+        except (OSError, ValueError) as err:  # no tokenizer files at this path
+            errors.append(f"{name}: {err}")
+    raise ValueError(f"Could not load a tokenizer for the policy; pass `tokenizer=`. Tried: {errors or 'nothing'}.")
+
+
+def _is_messages(prompt: Any) -> bool:
+    return isinstance(prompt, list) and len(prompt) > 0 and all(isinstance(m, dict) for m in prompt)
+
+
+class ImplicitPRM:
+    """Scores responses step by step with ``beta * log pi/pi_ref``; Best-of-N and weighted majority vote on top.
+
+    Args:
+        policy: the trained PRM: a model, a local path or Hub id, or a PEFT adapter path (loaded with its base).
+        reference: ``"base"`` (the policy's base model with the adapter disabled; no second model in memory), a model,
+            or a path. It must share the policy's tokenizer.
+        tokenizer: a fast tokenizer (offsets are needed); default: the policy's, from its path.
+        beta: the training ``beta``, so scores equal the training rewards. ImplicitPRM's eval used 0.001-0.005: a
+            positive scale keeps argmax/min rankings but changes ``sigmoid(score)`` in the weighted vote (4(c)).
+        step_separator: joins the steps into the response, as the PRM saw it (the official eval uses ``"\\n\\n"``).
+        aggregate: default reduction over steps, one of ``AGGREGATES``.
+        add_eos: score the EOS (or the chat template's closing tokens) in the last step, as training does.
+        batch_size: responses per forward.
+        device: where loaded models go; default: the policy's device.
+        model_kwargs: passed to ``from_pretrained`` when a model is given by path (e.g. ``{"dtype": torch.bfloat16}``).
+    """
+
+    def __init__(
+        self,
+        policy: torch.nn.Module | str | os.PathLike,
+        reference: torch.nn.Module | str | os.PathLike = "base",
+        tokenizer: PreTrainedTokenizerBase | None = None,
+        *,
+        beta: float = 0.05,
+        step_separator: str = "\n\n",
+        aggregate: str = "min",
+        add_eos: bool = True,
+        batch_size: int = 8,
+        device: str | torch.device | None = None,
+        model_kwargs: dict[str, Any] | None = None,
+    ):
+        if not beta > 0:
+            raise ValueError(f"`beta` must be positive, got {beta!r}.")
+        if aggregate not in AGGREGATES:
+            raise ValueError(f"`aggregate` must be one of {AGGREGATES}, got {aggregate!r}.")
+        if batch_size < 1:
+            raise ValueError(f"`batch_size` must be at least 1, got {batch_size!r}.")
+        model_kwargs = model_kwargs or {}
+        source = policy
+        self.policy = policy if isinstance(policy, torch.nn.Module) else _load_model(policy, model_kwargs)
+        self.reference_is_base = isinstance(reference, str) and reference == "base"
+        if self.reference_is_base:
+            if not is_peft_model(self.policy):
+                raise ValueError("`reference='base'` needs a PEFT adapter as policy; pass a reference model or path.")
+            self.reference = self.policy  # the same object, run with its adapter disabled
+        elif isinstance(reference, torch.nn.Module):
+            self.reference = reference
+        else:
+            self.reference = _load_model(reference, model_kwargs)
+        self.tokenizer = tokenizer if tokenizer is not None else _load_tokenizer(source, self.policy)
+        if not getattr(self.tokenizer, "is_fast", False):
+            raise ValueError(
+                f"{type(self.tokenizer).__name__} is not a fast tokenizer: step boundaries come from "
+                "`return_offsets_mapping=True`, which only fast (Rust) tokenizers provide."
+            )
+        vocab = {m.get_output_embeddings().weight.shape[0] for m in (self.policy, self.reference)}
+        if len(vocab) != 1:  # padded vocabularies can differ under one tokenizer, so this only warns
+            msg = f"Policy and reference output sizes differ {sorted(vocab)}: do they share a tokenizer?"
+            warnings.warn(msg, stacklevel=2)
+        for model in (self.policy, self.reference):
+            if device is not None:
+                model.to(device)
+            model.eval()  # no dropout at scoring time
+            ensure_fused_head(model)
+        self.device = next(self.policy.parameters()).device
+        self.beta, self.step_separator, self.aggregate = float(beta), step_separator, aggregate
+        self.add_eos, self.batch_size = add_eos, batch_size
+
+    @classmethod
+    def from_pretrained(
+        cls, policy: str | os.PathLike, reference: str | os.PathLike | torch.nn.Module = "base", **kwargs: Any
+    ) -> ImplicitPRM:
+        """Load from a path or Hub id; a PEFT adapter is loaded on its base (``AutoPeftModelForCausalLM``)."""
+        return cls(policy, reference, **kwargs)
+
+    # ------------------------------------------------------------------ tokenisation
+    def _render(self, prompt: Prompt, response: str) -> tuple[str, str, int, dict[str, Any]]:
+        """Prompt text, full text, the response's first character in it, and the tokenizer's keyword arguments."""
+        if isinstance(prompt, str):
+            eos = self.tokenizer.eos_token
+            full = prompt + response
+            if self.add_eos and eos and not response.endswith(eos):  # as SFTTrainer's add_eos
+                full += eos
+            return prompt, full, len(prompt), {}
+        if not _is_messages(prompt):
+            raise ValueError(f"A prompt must be text or a non-empty list of message dicts, got {prompt!r:.80}.")
+        template = self.tokenizer.apply_chat_template
+        prompt_text = template(prompt, add_generation_prompt=True, tokenize=False)
+        full = template([*prompt, {"role": "assistant", "content": response}], tokenize=False)
+        # where the content goes: render a private-use placeholder, then check the response sits there verbatim
+        probe = template([*prompt, {"role": "assistant", "content": _PLACEHOLDER}], tokenize=False)
+        head, found, tail = probe.partition(_PLACEHOLDER)
+        if not response or not found or full != head + response + tail:
+            raise ValueError(f"The chat template does not render the response verbatim: {response!r:.80}.")
+        start = len(head)
+        # apply_chat_template(tokenize=True), which SFTTrainer uses, adds no special tokens of its own
+        return prompt_text, full, start, {"add_special_tokens": False}
+
+    def _encode(self, prompt: Prompt, steps: list[str]) -> _Encoded:
+        response = self.step_separator.join(steps)
+        prompt_text, full, start, kwargs = self._render(prompt, response)
+        prompt_ids = self.tokenizer(prompt_text, **kwargs)["input_ids"]
+        encoded = self.tokenizer(full, return_offsets_mapping=True, **kwargs)
+        ids, offsets = list(encoded["input_ids"]), encoded["offset_mapping"]
+        prompt_len = _common_prefix_length(prompt_ids, ids)
+        if prompt_len == 0:
+            raise ValueError("The prompt tokenises to nothing: the first response token would have no context.")
+        step_starts, pos = [], start  # first character of steps 1..K-1 in `full`
+        for step in steps[:-1]:
+            pos += len(step) + len(self.step_separator)
+            step_starts.append(pos)
+        end = start + len(response)
+        token_step, last_char = [], start
+        for i in range(prompt_len, len(ids)):
+            begin, stop = offsets[i]
+            if not self.add_eos and begin >= end and stop > begin:  # the template's closing tokens
+                ids = ids[:i]
+                break
+            if stop > begin:  # empty spans (post-processor specials) stay with the token before them
+                last_char = stop - 1
+            token_step.append(bisect_right(step_starts, last_char))
+        return _Encoded(ids, prompt_len, token_step, len(steps))
+
+    # ------------------------------------------------------------------ scoring
+    @torch.no_grad()
+    def _token_logratios(self, batch: list[_Encoded]) -> list[torch.Tensor]:
+        """Per response, ``(n_response_tokens,)`` fp32 ``log pi - log pi_ref``; one policy, one reference forward."""
+        length = max(len(e.input_ids) for e in batch)
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        input_ids = torch.full((len(batch), length), pad, dtype=torch.long)
+        labels = torch.full_like(input_ids, -100)  # only response tokens are scored
+        attention_mask = torch.zeros_like(input_ids)
+        for row, e in enumerate(batch):  # right padding, as SFT's collator: positions of real tokens are unchanged
+            n = len(e.input_ids)
+            input_ids[row, :n] = torch.tensor(e.input_ids)
+            attention_mask[row, :n] = 1
+            labels[row, e.prompt_len : n] = input_ids[row, e.prompt_len : n]
+        inputs = {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+        inputs = {k: v.to(self.device) for k, v in inputs.items()}
+        policy = token_logps(self.policy, inputs).logps
+        if self.reference_is_base:
+            with adapter_disabled(self.policy) as base:
+                reference = token_logps(base, inputs).logps
+        else:
+            reference = token_logps(self.reference, inputs).logps
+        delta = (policy - reference).cpu()  # (B, T-1): position j predicts token j + 1
+        return [delta[row, e.prompt_len - 1 : len(e.input_ids) - 1] for row, e in enumerate(batch)]
+
+    def _result(self, e: _Encoded, logratio: torch.Tensor, aggregate: str) -> StepScores:
+        steps = torch.tensor(e.token_step, dtype=torch.long)
+        rewards = torch.zeros(e.num_steps, dtype=torch.float64).index_add_(0, steps, self.beta * logratio.double())
+        q_values = rewards.cumsum(0)  # q_t at each step's last token; r_t = q_t - q_{t-1} are the step sums
+        r, q = rewards.tolist(), q_values.tolist()
+        counts = torch.bincount(steps, minlength=e.num_steps).tolist()
+        return StepScores(r, q, aggregate_steps(r, q, aggregate), q[-1], counts, aggregate)
+
+    def score(
+        self,
+        prompts: Prompt | list[Prompt],
+        steps: list[str] | list[list[str]],
+        aggregate: str | None = None,
+    ) -> StepScores | list[StepScores]:
+        """Step rewards of one response (``steps`` a list of str) or a batch (a list of lists of str).
+
+        ``prompts`` is one prompt (text or messages), shared by every response, or one per response. Returns a
+        ``StepScores``, or a list of them for a batch, in input order.
+        """
+        aggregate = aggregate or self.aggregate
+        if aggregate not in AGGREGATES:
+            raise ValueError(f"`aggregate` must be one of {AGGREGATES}, got {aggregate!r}.")
+        single = isinstance(steps, list) and len(steps) > 0 and all(isinstance(s, str) for s in steps)
+        responses = [steps] if single else steps
+        if not isinstance(responses, list) or not responses:
+            raise ValueError("`steps` is empty: pass a list of step strings, or a list of such lists.")
+        for i, response in enumerate(responses):
+            if not isinstance(response, list) or not response or not all(isinstance(s, str) for s in response):
+                raise ValueError(f"`steps[{i}]` must be a non-empty list of step strings, got {response!r:.80}.")
+        if isinstance(prompts, str) or _is_messages(prompts):
+            prompts = [prompts] * len(responses)
+        if not isinstance(prompts, list) or len(prompts) != len(responses):
+            raise ValueError(f"Got {len(prompts)} prompts for {len(responses)} responses; pass one, or one each.")
+        encoded = [self._encode(p, s) for p, s in zip(prompts, responses)]
+        results = []
+        for i in range(0, len(encoded), self.batch_size):
+            batch = encoded[i : i + self.batch_size]
+            for e, logratio in zip(batch, self._token_logratios(batch)):
+                results.append(self._result(e, logratio, aggregate))
+        return results[0] if single else results
+
+    def best_of_n(
+        self, prompt: Prompt, candidates: list[list[str]], aggregate: str | None = None
+    ) -> tuple[int, list[float]]:
+        """Index of the best-scoring candidate (the first on ties) and every candidate's score (4(a) step 4)."""
+        scores = [r.score for r in self.score(prompt, _candidates(candidates), aggregate)]
+        return max(range(len(scores)), key=scores.__getitem__), scores
+
+    def weighted_majority_vote(
+        self, prompt: Prompt, candidates: list[list[str]], answers: list[str], aggregate: str | None = None
+    ) -> tuple[str, dict[str, float]]:
+        """The answer with the largest ``sum sigmoid(score)`` over the candidates giving it, and every answer's weight.
+
+        Answers are compared as given (normalise them first); the first answer seen wins a tie. ``sigmoid`` makes the
+        weights depend on ``beta`` (4(c)).
+        """
+        if len(answers) != len(candidates):
+            raise ValueError(f"Got {len(answers)} answers for {len(candidates)} candidates; pass one per candidate.")
+        weights: dict[str, float] = {}
+        for answer, result in zip(answers, self.score(prompt, _candidates(candidates), aggregate)):
+            weights[answer] = weights.get(answer, 0.0) + _sigmoid(result.score)
+        return max(weights, key=weights.__getitem__), weights
+
+
+def _sigmoid(x: float) -> float:
+    """Logistic function without overflow for large ``|x|``."""
+    return 1.0 / (1.0 + math.exp(-x)) if x >= 0 else math.exp(x) / (1.0 + math.exp(x))
+
+
+def _candidates(candidates: list[list[str]]) -> list[list[str]]:
+    """Candidates are a batch even when there is one, so ``score`` returns a list."""
+    if not isinstance(candidates, list) or not candidates or not all(isinstance(c, list) for c in candidates):
+        raise ValueError("`candidates` must be a non-empty list of responses, each a list of step strings.")
+    return candidates
