@@ -1,0 +1,161 @@
+"""Efficacy of MixCE vs MLE on a known sparse bigram P (ALGORITHMS.md 2(g)): does mixing in the reverse CE cut the
+mass a capacity-limited model puts on impossible tokens, and what does it cost in held-out NLL and JS?
+
+Protocol, per seed: a fresh task (P drawn from the seed), 2,000 training sequences, a Qwen2 with hidden 16 < 26 ids,
+an MLE warm start saved to disk (pitfall 5: small eta from scratch has no signal), then one arm per eta continued from
+it for the same number of steps, with the same data order and seed. Every arm is read at the last step: selecting the
+best dev-NLL checkpoint would pick early ones where MixCE has not yet sharpened. Relative changes are paired by seed.
+
+    python benchmarks/efficacy_mixce.py                       # 3 seeds x eta in {1.0, 0.9, 0.5, 0.1}
+    python benchmarks/efficacy_mixce.py --seeds 0 1 2 3 --steps 600 --output_dir /tmp/efficacy
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import tempfile
+import time
+import warnings
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import datasets  # noqa: E402
+import torch  # noqa: E402
+from transformers import PrinterCallback  # noqa: E402
+from transformers.utils import logging as hf_logging  # noqa: E402
+
+from trl_likelihood import MixCEConfig, MixCETrainer  # noqa: E402
+from trl_likelihood.lab import BigramOracle, BigramTask, bigram_metrics, tiny_causal_lm  # noqa: E402
+
+METRICS = ("zero_mass", "invalid_rate", "nll", "js")
+LABELS = {
+    "zero_mass": "mass on impossible tokens",
+    "invalid_rate": "invalid-sample rate",
+    "nll": "held-out NLL/token",
+    "js": "per-context JS",
+}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--etas", type=float, nargs="+", default=[1.0, 0.9, 0.5, 0.1], help="1.0 (MLE) must be one")
+    parser.add_argument("--steps", type=int, default=300, help="steps per arm after the warm start")
+    parser.add_argument("--warm_steps", type=int, default=200, help="MLE steps shared by every arm")
+    parser.add_argument("--learning_rate", type=float, default=3e-3, help="constant; Adam(W), no weight decay")
+    parser.add_argument("--batch_size", type=int, default=64)
+    parser.add_argument("--train_size", type=int, default=2000)
+    parser.add_argument("--vocab_size", type=int, default=24)
+    parser.add_argument("--max_len", type=int, default=32)
+    parser.add_argument("--hidden_size", type=int, default=16, help="keep below vocab_size + 2: capacity-limited")
+    parser.add_argument("--eval_sequences", type=int, default=1000, help="held-out sequences from P (prefixes)")
+    parser.add_argument("--eval_samples", type=int, default=2000, help="model samples for the invalid-sample rate")
+    parser.add_argument("--threads", type=int, default=1, help="1 is fastest for this model size, loaded or not")
+    parser.add_argument("--output_dir", default=None, help="checkpoints and results.json; default: a temp dir")
+    args = parser.parse_args(argv)
+    if 1.0 not in args.etas:
+        parser.error("--etas must include 1.0, the MLE arm every change is relative to")
+    return args
+
+
+def train(model, output_dir: str, eta: float, steps: int, seed: int, dataset, tokenizer, args) -> MixCETrainer:
+    config = MixCEConfig(
+        output_dir,
+        eta=eta,
+        max_steps=steps,
+        per_device_train_batch_size=args.batch_size,
+        learning_rate=args.learning_rate,
+        lr_scheduler_type="constant",
+        weight_decay=0.0,
+        max_length=args.max_len + 1,  # <bos> + up to max_len tokens: nothing is ever truncated
+        seed=seed,  # the same seed in every arm: the same data order
+        gradient_checkpointing=False,
+        bf16=False,
+        use_cpu=True,
+        report_to="none",
+        save_strategy="no",
+        logging_steps=steps,
+        dataloader_num_workers=0,
+        disable_tqdm=True,
+    )
+    trainer = MixCETrainer(model, args=config, train_dataset=dataset, processing_class=tokenizer)
+    trainer.remove_callback(PrinterCallback)  # with tqdm off, it prints every log dict
+    trainer.train()
+    return trainer
+
+
+def run_seed(seed: int, args: argparse.Namespace, root: str) -> dict:
+    task = BigramTask(vocab_size=args.vocab_size, max_len=args.max_len, seed=seed)
+    tokenizer, dataset = task.tokenizer(), task.dataset(args.train_size, seed=seed + 100)
+    evaluate = dict(task=task, num_sequences=args.eval_sequences, num_samples=args.eval_samples, seed=seed + 1000)
+    warm_dir = f"{root}/seed{seed}/warm"
+    model = tiny_causal_lm(tokenizer, hidden_size=args.hidden_size, seed=seed)
+    train(model, warm_dir, 1.0, args.warm_steps, seed, dataset, tokenizer, args).save_model(warm_dir)
+    results = {"oracle": bigram_metrics(BigramOracle(task), **evaluate)}
+    for eta in args.etas:
+        trainer = train(warm_dir, f"{root}/seed{seed}/eta{eta}", eta, args.steps, seed, dataset, tokenizer, args)
+        results[eta] = bigram_metrics(trainer.model, **evaluate)
+        print(f"seed {seed} eta {eta}: " + ", ".join(f"{k} {results[eta][k]:.4g}" for k in METRICS), flush=True)
+    return results
+
+
+def _mean_std(values: list[float], fmt: str = ".4g", std_fmt: str = ".2g", unit: str = "") -> str:
+    std = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{statistics.fmean(values):{fmt}}{unit} ± {std:{std_fmt}}{unit}"
+
+
+def markdown_table(runs: dict[int, dict], etas: list[float]) -> str:
+    """Mean ± std over seeds of each metric, then the change vs eta = 1 computed within each seed."""
+    header = "| η | " + " | ".join(LABELS[m] for m in METRICS) + " |"
+    lines = ["Absolute (mean ± std over seeds):", "", header, "|---" * (len(METRICS) + 1) + "|"]
+    for eta in etas:
+        cells = [_mean_std([r[eta][m] for r in runs.values()]) for m in METRICS]
+        lines.append(f"| {eta:g}{' (MLE)' if eta == 1.0 else ''} | " + " | ".join(cells) + " |")
+    oracle_nll = _mean_std([r["oracle"]["nll"] for r in runs.values()])
+    lines += ["", f"True P (oracle): held-out NLL/token {oracle_nll}; JS, mass and invalid rate are 0.", ""]
+    lines += ["Relative change vs η = 1, paired by seed (mean ± std):", "", header, "|---" * (len(METRICS) + 1) + "|"]
+    for eta in etas:
+        if eta == 1.0:
+            continue
+        cells = []
+        for m in METRICS:
+            changes = [100.0 * (r[eta][m] / r[1.0][m] - 1.0) for r in runs.values()]
+            cells.append(_mean_std(changes, "+.1f", ".1f", " %"))
+        lines.append(f"| {eta:g} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    warnings.filterwarnings("ignore", category=FutureWarning)  # transformers renames gradient_checkpointing (5.2x)
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    datasets.disable_progress_bars()
+    etas = sorted(set(args.etas), reverse=True)
+    start = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        root = args.output_dir or tmp
+        runs = {seed: run_seed(seed, args, root) for seed in args.seeds}
+        if args.output_dir:
+            with open(f"{root}/results.json", "w") as f:
+                json.dump(
+                    {"args": vars(args), "runs": {s: {str(k): v for k, v in r.items()} for s, r in runs.items()}}, f
+                )
+    print()
+    print(
+        f"MixCE efficacy on a sparse bigram P: V={args.vocab_size}, hidden {args.hidden_size}, "
+        f"{args.train_size} train sequences, {args.warm_steps} MLE warm-start steps + {args.steps} steps per arm, "
+        f"lr {args.learning_rate:g}, seeds {args.seeds}; read at the last step."
+    )
+    print()
+    print(markdown_table(runs, etas))
+    print(f"\nWall time: {time.perf_counter() - start:.0f} s ({torch.get_num_threads()} thread(s)).")
+
+
+if __name__ == "__main__":
+    main()
