@@ -239,6 +239,9 @@ def _top_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     subparsers = parser.add_subparsers(title="methods", dest="method", metavar="METHOD")
+    subparsers.add_parser(
+        "demo", help="Each method vs continued MLE on an embedded known-truth task (offline, CPU).", add_help=False
+    )
     for name, spec in METHODS.items():
         # add_help=False: the method's own TrlParser answers `METHOD --help` with the full list of flags.
         subparsers.add_parser(name, help=f"{spec.help} Replaces 'trl {spec.replaces}'.", add_help=False)
@@ -253,6 +256,10 @@ def _fail(prog: str, err: BaseException) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``trl-likelihood``; returns the exit status (2 for a bad argument, config or dataset)."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "demo":
+        from .demo import main as demo_main
+
+        return demo_main(argv[1:])
     if not argv or argv[0] not in METHODS:
         top = _top_parser()
         top.parse_args(argv)  # --help, --version and unknown methods exit here
