@@ -25,11 +25,10 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import datasets  # noqa: E402
 import torch  # noqa: E402
-from transformers import PrinterCallback  # noqa: E402
 from transformers.utils import logging as hf_logging  # noqa: E402
 
-from trl_likelihood import MixCEConfig, MixCETrainer  # noqa: E402
-from trl_likelihood.lab import BigramOracle, BigramTask, bigram_metrics, tiny_causal_lm  # noqa: E402
+from trl_likelihood.lab import BigramOracle, bigram_metrics  # noqa: E402
+from trl_likelihood.lab.experiments import MixCESetup, mixce_vs_mle  # noqa: E402
 
 METRICS = ("zero_mass", "invalid_rate", "nll", "js")
 LABELS = {
@@ -62,43 +61,27 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def train(model, output_dir: str, eta: float, steps: int, seed: int, dataset, tokenizer, args) -> MixCETrainer:
-    config = MixCEConfig(
-        output_dir,
-        eta=eta,
-        max_steps=steps,
-        per_device_train_batch_size=args.batch_size,
-        learning_rate=args.learning_rate,
-        lr_scheduler_type="constant",
-        weight_decay=0.0,
-        max_length=args.max_len + 1,  # <bos> + up to max_len tokens: nothing is ever truncated
-        seed=seed,  # the same seed in every arm: the same data order
-        gradient_checkpointing=False,
-        bf16=False,
-        use_cpu=True,
-        report_to="none",
-        save_strategy="no",
-        logging_steps=steps,
-        dataloader_num_workers=0,
-        disable_tqdm=True,
-    )
-    trainer = MixCETrainer(model, args=config, train_dataset=dataset, processing_class=tokenizer)
-    trainer.remove_callback(PrinterCallback)  # with tqdm off, it prints every log dict
-    trainer.train()
-    return trainer
-
-
 def run_seed(seed: int, args: argparse.Namespace, root: str) -> dict:
-    task = BigramTask(vocab_size=args.vocab_size, max_len=args.max_len, seed=seed)
-    tokenizer, dataset = task.tokenizer(), task.dataset(args.train_size, seed=seed + 100)
+    """One seed through the shared protocol (``trl_likelihood.lab.experiments``), plus the true P as a reference."""
+    setup = MixCESetup(
+        seed=seed,
+        vocab_size=args.vocab_size,
+        max_len=args.max_len,
+        hidden_size=args.hidden_size,
+        train_size=args.train_size,
+        warm_steps=args.warm_steps,
+        arm_steps=args.steps,
+        batch_size=args.batch_size,
+        learning_rate=args.learning_rate,
+        eval_sequences=args.eval_sequences,
+        eval_samples=args.eval_samples,
+    )
+    out = mixce_vs_mle(setup, etas=args.etas, output_dir=f"{root}/seed{seed}")
+    task = out["task"]
     evaluate = dict(task=task, num_sequences=args.eval_sequences, num_samples=args.eval_samples, seed=seed + 1000)
-    warm_dir = f"{root}/seed{seed}/warm"
-    model = tiny_causal_lm(tokenizer, hidden_size=args.hidden_size, seed=seed)
-    train(model, warm_dir, 1.0, args.warm_steps, seed, dataset, tokenizer, args).save_model(warm_dir)
     results = {"oracle": bigram_metrics(BigramOracle(task), **evaluate)}
     for eta in args.etas:
-        trainer = train(warm_dir, f"{root}/seed{seed}/eta{eta}", eta, args.steps, seed, dataset, tokenizer, args)
-        results[eta] = bigram_metrics(trainer.model, **evaluate)
+        results[eta] = out["metrics"][f"eta={eta:g}"]
         print(f"seed {seed} eta {eta}: " + ", ".join(f"{k} {results[eta][k]:.4g}" for k in METRICS), flush=True)
     return results
 

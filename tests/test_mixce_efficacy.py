@@ -14,9 +14,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.conftest import cpu_args
-from trl_likelihood import MixCEConfig, MixCETrainer
-from trl_likelihood.lab import BigramTask, bigram_metrics, tiny_causal_lm
+from trl_likelihood.lab.experiments import MixCESetup, mixce_vs_mle
 
 pytestmark = pytest.mark.slow
 
@@ -33,43 +31,14 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-def _train(model, output_dir: str, eta: float, steps: int, task: BigramTask, dataset, tokenizer) -> MixCETrainer:
-    args = MixCEConfig(
-        output_dir,
-        eta=eta,
-        **cpu_args(
-            max_steps=steps,
-            per_device_train_batch_size=64,
-            learning_rate=3e-3,  # constant, so that both arms keep moving until the last step
-            lr_scheduler_type="constant",
-            max_length=task.max_len + 1,
-            seed=SEED,  # same seed: same data order in every arm
-            logging_steps=steps,
-            gradient_checkpointing=False,  # TRL's default; pointless at this size and 2x the compute
-            disable_tqdm=True,
-        ),
-    )
-    trainer = MixCETrainer(model, args=args, train_dataset=dataset, processing_class=tokenizer)
-    trainer.train()
-    return trainer
-
-
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory) -> dict:
-    out = tmp_path_factory.mktemp("efficacy")
-    task = BigramTask(vocab_size=24, max_len=32, seed=SEED)
-    tokenizer, dataset = task.tokenizer(), task.dataset(2000, seed=SEED + 100)
-    evaluate = dict(task=task, num_sequences=1000, num_samples=2000, seed=SEED + 1000)  # held out: another seed
-    start = tiny_causal_lm(tokenizer, hidden_size=16, seed=SEED)
-    results = {"init": bigram_metrics(start, **evaluate)}
-    warm = _train(start, f"{out}/warm", 1.0, WARM_STEPS, task, dataset, tokenizer)
-    warm.save_model(f"{out}/warm")
-    results["warm"] = bigram_metrics(warm.model, **evaluate)
-    models = {}
-    for name, eta in (("mle", 1.0), ("mixce", MIXCE_ETA)):
-        trainer = _train(f"{out}/warm", f"{out}/{name}", eta, ARM_STEPS, task, dataset, tokenizer)
-        results[name], models[name] = bigram_metrics(trainer.model, **evaluate), trainer.model
-    print({arm: {k: round(v, 4) for k, v in m.items()} for arm, m in results.items()})
+    setup = MixCESetup(seed=SEED, warm_steps=WARM_STEPS, arm_steps=ARM_STEPS)
+    out = mixce_vs_mle(setup, etas=(1.0, MIXCE_ETA), output_dir=str(tmp_path_factory.mktemp("efficacy")))
+    m = out["metrics"]
+    results = {"init": m["init"], "warm": m["warm"], "mle": m["eta=1"], "mixce": m[f"eta={MIXCE_ETA:g}"]}
+    print({arm: {k: round(v, 4) for k, v in r.items()} for arm, r in results.items()})
+    models = {"mle": out["trainers"]["eta=1"].model, "mixce": out["trainers"][f"eta={MIXCE_ETA:g}"].model}
     return {"metrics": results, "models": models}
 
 
