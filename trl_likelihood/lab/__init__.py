@@ -1,11 +1,14 @@
 """Known-ground-truth synthetic tasks and exact metrics: where a method's claim is measured, not assumed.
 
-Used by the efficacy tests and benchmarks. ``BigramTask`` is MixCE's sparse random bigram (ALGORITHMS.md 2(g)).
+Used by the efficacy tests, the benchmarks and the demo. ``BigramTask`` is MixCE's sparse random bigram
+(ALGORITHMS.md 2(g)); ``ModArithTask`` is the implicit PRM's chained modular addition with systematic bug cells (4(g)).
 """
 
 from .bigram import BOS_ID, EOS_ID, PAD_ID, BigramTask
 from .metrics import bigram_metrics, prefix_metrics, sample_model
+from .modarith import ModArithTask, Rollouts, load_reference, train_reference
 from .models import BigramOracle, tiny_causal_lm
+from .prm_metrics import LogLikelihoodScorer, OracleScorer, RandomScorer, run_prm_efficacy, step_metrics
 
 __all__ = [
     "BOS_ID",
@@ -13,6 +16,15 @@ __all__ = [
     "PAD_ID",
     "BigramOracle",
     "BigramTask",
+    "LogLikelihoodScorer",
+    "ModArithTask",
+    "OracleScorer",
+    "RandomScorer",
+    "Rollouts",
+    "load_reference",
+    "run_prm_efficacy",
+    "step_metrics",
+    "train_reference",
     "bigram_metrics",
     "prefix_metrics",
     "sample_model",

@@ -1,7 +1,11 @@
-"""The lab's experiment protocols, shared by the efficacy test, the benchmarks and ``trl-likelihood demo``.
+"""The lab's experiment protocols, shared by the efficacy tests, the benchmarks and ``trl-likelihood demo``.
 
 MixCE vs MLE (ALGORITHMS.md 2(g)): a capacity-limited model, an MLE warm start saved to disk, then one arm per eta
 continued from it for the same number of steps with the same data order and seed; every arm is read at its last step.
+
+Implicit PRM vs controls (ALGORITHMS.md 4(g)): pi_ref trained by MLE on a noisy solver with systematic bug cells, a PRM
+trained from pi_ref on outcome labels only, then step-level metrics against the reference's own log-likelihood (which
+prefers the bug values), a random scorer, random selection, majority vote and the oracle.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ from typing import Any
 
 from transformers import PrinterCallback
 
-from ..trainers import MixCEConfig, MixCETrainer
+from ..trainers import ImplicitPRMConfig, ImplicitPRMTrainer, MixCEConfig, MixCETrainer
 from .bigram import BigramTask
 from .metrics import bigram_metrics
 from .models import tiny_causal_lm
@@ -96,3 +100,66 @@ def mixce_vs_mle(
         if on_arm:
             on_arm(name)
     return {"metrics": metrics, "trainers": trainers, "task": task}
+
+
+@dataclass
+class PRMSetup:
+    """One seed of the implicit-PRM study; defaults are the calibrated single-seed setting (about a minute on CPU)."""
+
+    seed: int = 0
+    num_labels: int = 3000  # beta = 0.5 reaches bug-cell AUROC ~0.98 with 3k labels (ALGORITHMS.md 4(g))
+    beta: float = 0.5
+    loss_type: str = "ce"
+    epochs: float = 2.0
+    batch_size: int = 64
+    learning_rate: float = 1e-3
+    num_eval: int = 2000
+    num_prompts: int = 500
+
+
+def implicit_prm_vs_controls(setup: PRMSetup, output_dir: str, on_stage: Callable[[str], None] | None = None) -> dict:
+    """Train pi_ref (cached in ``output_dir``), then the PRM on outcome labels; score every arm on held-out data.
+
+    Returns ``run_prm_efficacy``'s dict (``implicit_prm``, ``log_pi_ref``, ``random``, ``baselines``, ``reference``)
+    plus ``trainer`` (the PRM's trainer) and ``task``.
+    """
+    from ..scoring import ImplicitPRM
+    from .modarith import ModArithTask, load_reference, train_reference
+    from .prm_metrics import run_prm_efficacy
+
+    task = ModArithTask(seed=setup.seed)
+    ref_dir = train_reference(task, os.path.join(output_dir, "reference"), seed=setup.seed)
+    if on_stage:
+        on_stage("reference")
+    reference, tokenizer = load_reference(ref_dir)
+    args = ImplicitPRMConfig(
+        os.path.join(output_dir, f"implicit-prm-{setup.loss_type}"),
+        beta=setup.beta,
+        loss_type=setup.loss_type,
+        num_train_epochs=setup.epochs,
+        per_device_train_batch_size=setup.batch_size,
+        learning_rate=setup.learning_rate,
+        lr_scheduler_type="constant",
+        max_length=64,
+        seed=setup.seed,
+        logging_steps=20,
+        save_strategy="no",
+        report_to="none",
+        bf16=False,
+        use_cpu=True,
+        gradient_checkpointing=False,
+        disable_tqdm=True,
+    )
+    labels = task.outcome_dataset(setup.num_labels, seed=setup.seed + 5)  # the evaluation uses seeds 1000 and 1001
+    trainer = ImplicitPRMTrainer(ref_dir, args=args, train_dataset=labels, processing_class=tokenizer)
+    trainer.remove_callback(PrinterCallback)
+    trainer.train()
+    if on_stage:
+        on_stage("implicit PRM")
+    prm = ImplicitPRM(
+        trainer.model, reference, tokenizer, beta=setup.beta, step_separator=task.step_separator, batch_size=512
+    )
+    results = run_prm_efficacy(
+        task, reference, scorers={"implicit_prm": prm.score}, num_eval=setup.num_eval, num_prompts=setup.num_prompts
+    )
+    return {**results, "trainer": trainer, "task": task}
