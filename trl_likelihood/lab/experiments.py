@@ -113,6 +113,7 @@ class PRMSetup:
     epochs: float = 2.0
     batch_size: int = 64
     learning_rate: float = 1e-3
+    responses_per_prompt: int = 1  # dpo needs several (it pairs correct x incorrect responses of a prompt)
     num_eval: int = 2000
     num_prompts: int = 500
 
@@ -150,7 +151,9 @@ def implicit_prm_vs_controls(setup: PRMSetup, output_dir: str, on_stage: Callabl
         gradient_checkpointing=False,
         disable_tqdm=True,
     )
-    labels = task.outcome_dataset(setup.num_labels, seed=setup.seed + 5)  # the evaluation uses seeds 1000 and 1001
+    labels = task.outcome_dataset(
+        setup.num_labels, setup.seed + 5, setup.responses_per_prompt
+    )  # the evaluation uses seeds 1000 and 1001
     trainer = ImplicitPRMTrainer(ref_dir, args=args, train_dataset=labels, processing_class=tokenizer)
     trainer.remove_callback(PrinterCallback)
     trainer.train()

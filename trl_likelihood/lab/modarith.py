@@ -122,11 +122,23 @@ class ModArithTask:
         truth = (x0 + ops.sum(1)) % self.modulus
         return Rollouts(x0, ops, values, right, values == right, bug >= 0, values == bug, values[:, -1] == truth)
 
-    def solve(self, n: int, seed: int) -> Rollouts:
-        """``n`` fresh problems (uniform digits) and the noisy solver's answers; ``seed`` fixes both."""
+    def solve(self, n: int, seed: int, responses_per_prompt: int = 1) -> Rollouts:
+        """``n`` fresh problems (uniform digits) and the noisy solver's answers; ``seed`` fixes both.
+
+        With ``responses_per_prompt = k > 1``, ``n // k`` problems are each answered ``k`` times (consecutive rows):
+        the several responses per prompt that pairwise (DPO-style) training needs.
+        """
         rng = np.random.default_rng([self.seed, seed])
-        x0 = rng.integers(0, self.modulus, n)
-        ops = rng.integers(0, self.modulus, (n, self.num_ops))
+        problems = n // responses_per_prompt
+        x0 = rng.integers(0, self.modulus, problems)
+        ops = rng.integers(0, self.modulus, (problems, self.num_ops))
+        if responses_per_prompt > 1:
+            x0, ops = np.repeat(x0, responses_per_prompt), np.repeat(ops, responses_per_prompt, axis=0)
+        return self.answer(x0, ops, rng)
+
+    def answer(self, x0: np.ndarray, ops: np.ndarray, rng: np.random.Generator) -> Rollouts:
+        """The noisy solver on given problems: bug cells, slips, and errors that propagate."""
+        n = len(x0)
         values = np.empty_like(ops)
         prev = x0
         for k in range(self.num_ops):
@@ -204,16 +216,16 @@ class ModArithTask:
 
     # ----- TRL datasets -----
 
-    def sft_dataset(self, n: int, seed: int) -> Dataset:
+    def sft_dataset(self, n: int, seed: int, responses_per_prompt: int = 1) -> Dataset:
         """Solver samples as TRL prompt-completion data (MLE data for pi_ref); SFTTrainer appends the EOS."""
-        rollouts = self.solve(n, seed)
+        rollouts = self.solve(n, seed, responses_per_prompt)
         completions = [self.step_separator.join(steps) for steps in self.step_texts(rollouts)]
         return Dataset.from_dict({"prompt": self.prompt_texts(rollouts), "completion": completions})
 
-    def outcome_dataset(self, n: int, seed: int) -> Dataset:
+    def outcome_dataset(self, n: int, seed: int, responses_per_prompt: int = 1) -> Dataset:
         """Solver samples with their outcome label: TRL's unpaired ``prompt, completion, label`` (the PRM's data)."""
-        rollouts = self.solve(n, seed)
-        data = self.sft_dataset(n, seed).to_dict()
+        rollouts = self.solve(n, seed, responses_per_prompt)
+        data = self.sft_dataset(n, seed, responses_per_prompt).to_dict()
         return Dataset.from_dict({**data, "label": rollouts.label.tolist()})
 
     def step_dataset(self, n: int, seed: int) -> Dataset:
