@@ -37,7 +37,7 @@ from trl import (
 
 from . import __version__
 from .data import hub_dataset_id, load_training_dataset
-from .trainers import ImplicitPRMConfig, ImplicitPRMTrainer, MixCEConfig, MixCETrainer
+from .trainers import DDOConfig, DDOTrainer, ImplicitPRMConfig, ImplicitPRMTrainer, MixCEConfig, MixCETrainer
 
 logger = get_logger(__name__)
 
@@ -73,6 +73,13 @@ METHODS: dict[str, Method] = {
         help="Implicit PRM: outcome reward beta*log(pi/pi_ref) on correct/incorrect labels, step rewards for free "
         "(--beta, --loss_type ce|dpo); prompt+completion+label or prompt+chosen+rejected data.",
         replaces="kto",
+    ),
+    "ddo": Method(
+        config_class=DDOConfig,
+        trainer_class=DDOTrainer,
+        help="DDO: the likelihood ratio to a frozen reference as a GAN discriminator, real data vs reference samples, "
+        "self-play rounds (--alpha, --beta, --num_rounds); language-modeling or prompt-completion data.",
+        replaces="sft",
     ),
 }
 

@@ -12,7 +12,7 @@ import argparse
 import os
 from collections.abc import Callable
 
-METHODS = ("mixce",)
+METHODS = ("mixce", "implicit-prm")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -67,7 +67,34 @@ def run_mixce(steps: int, seed: int, output_dir: str, progress: Callable[[str], 
     )
 
 
-RUNNERS = {"mixce": (run_mixce, 2)}  # method -> (runner, number of progress stages after the warm start)
+def run_implicit_prm(steps: int, seed: int, output_dir: str, progress: Callable[[str], None]) -> str:
+    """Implicit PRM vs the reference's own likelihood on modular addition whose solver has systematic bugs."""
+    from .lab.experiments import PRMSetup, implicit_prm_vs_controls
+
+    setup = PRMSetup(seed=seed, epochs=max(steps, 1) / 300 * 2.0)  # --steps 300 is the calibrated 2 epochs
+    out_dir = os.path.join(output_dir, "implicit-prm")
+    result = implicit_prm_vs_controls(setup, out_dir, on_stage=progress)
+    result["trainer"].save_model()
+    base = result["baselines"]
+    rows = [("implicit PRM", result["implicit_prm"]), ("log pi_ref (control)", result["log_pi_ref"]),
+            ("random scorer", result["random"])]  # fmt: skip
+    columns = {
+        "bug_auroc": "step AUROC on errors pi_ref prefers",
+        "step_auroc": "step AUROC, all",
+        "localisation": "first-error localisation",
+        "bon16_min": "best-of-16 accuracy",
+    }
+    return (
+        f"Implicit PRM vs controls, modular addition with bug cells, {setup.num_labels} outcome labels only, "
+        f"beta {setup.beta}, seed {seed}. Higher is better; the control scores steps by the reference's own "
+        f"likelihood. Best-of-16 baselines: majority vote {base['bon16_majority']:.3f}, random "
+        f"{base['bon16_random']:.3f}, oracle {base['bon16_oracle']:.3f}.\n\n"
+        + _table(rows, columns, control="log pi_ref (control)")
+        + f"\n\nPRM and card: {out_dir}/implicit-prm-ce"
+    )
+
+
+RUNNERS = {"mixce": (run_mixce, 2), "implicit-prm": (run_implicit_prm, 1)}  # method -> (runner, extra stages)
 
 
 def main(argv: list[str] | None = None) -> int:

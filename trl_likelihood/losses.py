@@ -118,3 +118,41 @@ def implicit_prm_dpo_loss(
     d_w = chosen_policy_logps.float() - chosen_ref_logps.detach().float()
     d_l = rejected_policy_logps.float() - rejected_ref_logps.detach().float()
     return -F.logsigmoid(beta * (d_w - d_l)).mean()
+
+
+def ddo_loss(
+    real_policy_logps: torch.Tensor,
+    real_ref_logps: torch.Tensor,
+    fake_policy_logps: torch.Tensor,
+    fake_ref_logps: torch.Tensor,
+    alpha: float = 1.0,
+    beta: float = 0.1,
+) -> torch.Tensor:
+    r"""DDO loss ``-[mean_real logsigmoid(beta d) + alpha mean_fake logsigmoid(-beta d)] / max(alpha, 1)``.
+
+    Zheng et al., "Direct Discriminative Optimization: Your Likelihood-Based Visual Generative Model is Secretly a GAN
+    Discriminator", ICML 2025, arXiv:2503.01103 (ALGORITHMS.md 5(a)). The discriminator is
+    ``sigmoid(beta * d)`` with ``d = log p_theta(x) - log p_ref(x)``: real data should score high, reference samples
+    (fakes) low. Unpaired: the two means are separate, so the real and fake batches may differ in size.
+
+    Args:
+        real_policy_logps: ``(B_real,)`` summed log-probs of the real sequences under the policy.
+        real_ref_logps: ``(B_real,)`` the same under the frozen reference (detached here).
+        fake_policy_logps: ``(B_fake,)`` summed log-probs of the reference samples under the policy.
+        fake_ref_logps: ``(B_fake,)`` the same under the reference (detached here).
+        alpha: weight of the fake term, ``>= 0``; dividing by ``max(alpha, 1)`` keeps the scale for ``alpha > 1``.
+        beta: scale of the log-ratio, ``> 0``; it must bring ``beta * d`` to O(1) for the sequence lengths used.
+
+    Returns:
+        A scalar in fp32. At ``theta == theta_ref`` (``d = 0``) it is ``(1 + alpha) log 2 / max(alpha, 1)``.
+        ``logsigmoid`` keeps loss and gradients finite for ``|beta * d|`` of 1e4 and beyond.
+    """
+    if isinstance(alpha, bool) or not alpha >= 0:
+        raise ValueError(f"`alpha` (weight of the fake term) must be >= 0, got {alpha!r}.")
+    if isinstance(beta, bool) or not beta > 0:
+        raise ValueError(f"`beta` (scale of the log-ratio) must be > 0, got {beta!r}.")
+    d_real = real_policy_logps.float() - real_ref_logps.detach().float()
+    d_fake = fake_policy_logps.float() - fake_ref_logps.detach().float()
+    real_term = -F.logsigmoid(beta * d_real).mean()
+    fake_term = -F.logsigmoid(-beta * d_fake).mean()
+    return (real_term + alpha * fake_term) / max(alpha, 1.0)

@@ -12,6 +12,7 @@ Log-probs come from TRL's fused LM head in fp32, so the ``(B, T, V)`` logits are
 from __future__ import annotations
 
 import contextlib
+import copy
 from dataclasses import dataclass
 from typing import Any
 
@@ -94,3 +95,67 @@ class Reference:
             with adapter_disabled(policy) as base:
                 return token_logps(base, batch).sequence()
         return token_logps(self.ref_model, batch).sequence()
+
+
+def trainable_snapshot(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """Copies of the trainable weights (the adapter, under PEFT). With ``weights_swapped`` they are a frozen reference
+    that costs one adapter of memory instead of a second model (DDO's self-play rounds)."""
+    unwrapped = model.module if hasattr(model, "module") else model  # DDP
+    return {n: p.detach().clone() for n, p in unwrapped.named_parameters() if p.requires_grad}
+
+
+@contextlib.contextmanager
+def weights_swapped(model: torch.nn.Module, weights: dict[str, torch.Tensor]):
+    """Run ``model`` with the named ``weights`` in place of its own, then restore them.
+
+    It writes into the (trainable) tensors, so use it before the step's policy forward, never between that forward and
+    its backward.
+    """
+    unwrapped = model.module if hasattr(model, "module") else model  # DDP
+    params = dict(unwrapped.named_parameters())
+    current = {n: params[n].detach().clone() for n in weights}
+    try:
+        with torch.no_grad():
+            for n, value in weights.items():
+                params[n].copy_(value)
+        yield unwrapped
+    finally:
+        with torch.no_grad():
+            for n, value in current.items():
+                params[n].copy_(value)
+
+
+def frozen_copy(model: torch.nn.Module) -> torch.nn.Module:
+    """A frozen deep copy of ``model`` (a reference for full fine-tuning) whose ``forward`` runs its own weights.
+
+    ``copy.deepcopy`` of a model patched with TRL's fused head keeps the patch's closure over the original's
+    ``forward``: the copy's plain (non-fused) forward, the one ``generate`` and sampling call, would run the original's
+    weights. The patch is dropped here; ``Reference`` patches the copy again, bound to itself.
+    """
+    ref = copy.deepcopy(model)
+    vars(ref).pop("forward", None)
+    vars(ref).pop("_trl_likelihood_fused", None)
+    return ref.eval().requires_grad_(False)
+
+
+def build_reference(trainer: Any, ref_model: Any) -> Reference:
+    """A trainer's reference, in TRL's order: ``ref_model`` (object or path); with PEFT, the base with the adapter
+    disabled; else a frozen copy of the initial policy (as ``DPOTrainer`` does). Sets ``trainer._reference_name``
+    (public name for the model card) and ``trainer._reference_source`` (``Reference.kind``)."""
+    from transformers import AutoModelForCausalLM
+
+    from .cards import public_model_name
+
+    name = (
+        ref_model if isinstance(ref_model, str) else getattr(getattr(ref_model, "config", None), "_name_or_path", None)
+    )
+    trainer._reference_name = public_model_name(name)
+    if isinstance(ref_model, str):
+        ref_model = AutoModelForCausalLM.from_pretrained(ref_model, **(trainer.args.model_init_kwargs or {}))
+    if ref_model is None and not _compat.is_peft(trainer.model):
+        ref_model = frozen_copy(trainer.accelerator.unwrap_model(trainer.model))
+    if ref_model is not None:
+        ref_model = ref_model.to(trainer.accelerator.device)
+    reference = Reference(trainer.model, ref_model)
+    trainer._reference_source = reference.kind
+    return reference

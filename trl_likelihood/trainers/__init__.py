@@ -1,6 +1,7 @@
 """One module per method: a Config dataclass and a Trainer subclass of the TRL trainer it replaces."""
 
+from .ddo import DDOConfig, DDOTrainer
 from .implicit_prm import ImplicitPRMConfig, ImplicitPRMTrainer
 from .mixce import MixCEConfig, MixCETrainer
 
-__all__ = ["ImplicitPRMConfig", "ImplicitPRMTrainer", "MixCEConfig", "MixCETrainer"]
+__all__ = ["DDOConfig", "DDOTrainer", "ImplicitPRMConfig", "ImplicitPRMTrainer", "MixCEConfig", "MixCETrainer"]

@@ -18,21 +18,19 @@ Choices made here:
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from datasets import Dataset
-from transformers import AutoModelForCausalLM
 from trl import SFTConfig, SFTTrainer
 
 from .. import _compat
-from ..cards import CardInfo, public_model_name
+from ..cards import CardInfo
 from ..losses import implicit_prm_dpo_loss, implicit_prm_loss
 from ..metrics import binary_auroc
 from ..prm_data import LABEL_COLUMN, prepare_prm_dataset
-from ..ratio import Reference, token_logps
+from ..ratio import Reference, build_reference, token_logps
 from .base import CardMixin
 
 IMPLICIT_PRM_CITATION = """\
@@ -150,29 +148,12 @@ class ImplicitPRMTrainer(CardMixin, SFTTrainer):
         with _compat.sft_init_accepting_loss_type(args):
             super().__init__(model, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset, **kwargs)
         self.data_collator = PRMCollator(self.data_collator)
-        self.reference = self._build_reference(model, ref_model)
+        self.reference = build_reference(self, ref_model)
         self._rewards = {"train": [], "eval": []}
         if args.precompute_ref_log_probs:
             self._precompute_reference_logps()
 
     # ------------------------------------------------------------------ reference
-    def _build_reference(self, model: Any, ref_model: Any) -> Reference:
-        self._reference_name = public_model_name(
-            ref_model
-            if isinstance(ref_model, str)
-            else getattr(getattr(ref_model, "config", None), "_name_or_path", None)
-        )
-        if isinstance(ref_model, str):
-            ref_model = AutoModelForCausalLM.from_pretrained(ref_model, **(self.args.model_init_kwargs or {}))
-        if ref_model is None and not _compat.is_peft(self.model):
-            # Full fine-tuning without a reference: a frozen copy of the initial policy (DPOTrainer does the same).
-            ref_model = copy.deepcopy(self.accelerator.unwrap_model(self.model))
-        if ref_model is not None:
-            ref_model = ref_model.to(self.accelerator.device)
-        reference = Reference(self.model, ref_model)
-        self._reference_source = reference.kind
-        return reference
-
     @torch.no_grad()
     def _precompute_reference_logps(self) -> None:
         """Store reference log-prob sums as dataset columns, then drop the reference model from memory."""

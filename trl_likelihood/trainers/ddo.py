@@ -1,0 +1,396 @@
+"""DDO: the policy/reference likelihood ratio is a GAN discriminator, trained on real data vs reference samples.
+Paper: Zheng et al., "Direct Discriminative Optimization: Your Likelihood-Based Visual Generative Model is Secretly a
+GAN Discriminator", ICML 2025, arXiv:2503.01103. Code: NVlabs/DDO (VAR trainer). Maths: ALGORITHMS.md section 5.
+
+    delta(x) = sum_t log p_theta(x_t | x_<t) - log p_ref(x_t | x_<t)          (completion tokens only)
+    loss     = -[mean_real logsigmoid(beta delta) + alpha mean_fake logsigmoid(-beta delta)] / max(alpha, 1)
+
+Choices made here:
+- Real rows are SFT's batches (language modelling, prompt-completion or conversational data, tokenised by SFT). The
+  prompt of a row is everything before its first scored token: the first token for plain text (BOS where the
+  tokenizer adds one), the prompt for prompt-completion data. Fakes are reference samples for the same prompts, one
+  per real row, so real and fake deltas condition on the same tokens [code: same class labels as the real batch].
+- Fakes are fresh every step by default (``fake_pool="online"``), plain sampling (temperature 1, no top-k/top-p)
+  [code]. Their length is capped by ``max_new_tokens``, by default the longest real completion of the batch, so fakes
+  cannot be longer than the data they are compared with (DDO learns "long = fake" otherwise, ALGORITHMS.md 5(f)).
+- delta is a sum, as in the paper; ``length_normalize=True`` is a per-token mean for variable-length text, an
+  ablation that the paper does not have [ours].
+- Real and fake rows go through one policy forward, padded to a common length; the reference scores the same batch
+  under no grad. Log-probs come from TRL's fused head in fp32 (``ratio.token_logps``).
+- Sampling is seeded by (seed, global step, rank, micro-batch) with a private generator (``generation.py``): runs are
+  reproducible, and the training RNG (dropout, data order) is the same as without sampling.
+- Self-play rounds: at the end of a round the reference becomes the current model. Under PEFT it is the base with the
+  adapter disabled in round 1, then the same model with the adapter swapped for a snapshot taken at the round start
+  (adapter-sized). The base is never modified, so the saved adapter is the whole result and 4-bit bases work; the
+  adapter and Adam's state carry on across rounds [ours]. Full fine-tuning copies the policy into the reference
+  model (an explicit ``ref_model`` is overwritten in place). Checkpoints keep the round's reference: resuming
+  mid-round is exact (tested).
+- The paired accuracy P[delta_real > delta_fake] is logged, never optimised: DDO is unpaired [code].
+Tests check the identity: at theta = theta_ref (step 1, and the first step of every round) the loss is
+(1 + alpha) log 2 / max(alpha, 1) and the log-ratios are 0.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from accelerate.logging import get_logger
+from transformers import TrainerCallback
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
+from trl import SFTConfig, SFTTrainer
+
+from .. import _compat
+from ..cards import CardInfo
+from ..data import validate_sft_dataset
+from ..generation import append_completions, sample_completions, sampling_seed
+from ..losses import IGNORE_INDEX, ddo_loss
+from ..ratio import adapter_disabled, build_reference, token_logps, trainable_snapshot, weights_swapped
+from .base import CardMixin
+
+logger = get_logger(__name__)
+ROUND_STATE = "ddo_round.pt"  # in each checkpoint from round 2 on: the round index and the reference's weights
+
+DDO_CITATION = """\
+@inproceedings{zheng2025ddo,
+    title     = {{Direct Discriminative Optimization: Your Likelihood-Based Visual Generative Model is Secretly a GAN
+                 Discriminator}},
+    author    = {Kaiwen Zheng and Yongxin Chen and Huayu Chen and Guande He and Ming-Yu Liu and Jun Zhu and
+                 Qinsheng Zhang},
+    booktitle = {International Conference on Machine Learning},
+    year      = 2025,
+    url       = {https://arxiv.org/abs/2503.01103}
+}"""
+
+
+@dataclass
+class DDOConfig(SFTConfig):
+    r"""[`~trl.SFTConfig`] plus DDO's fields. Data preparation (tokenisation, truncation, masks) is SFT's.
+
+    Parameters:
+        alpha (`float`, *optional*, defaults to `1.0`): weight of the fake term; the loss is divided by
+            `max(alpha, 1)`. Larger alpha trades closeness (JS) for precision (ALGORITHMS.md 5(g)).
+        beta (`float`, *optional*, defaults to `0.1`): scale of the summed log-ratio; it must bring
+            `beta * delta` to O(1) for your sequence lengths. The official defaults are not published; sweep
+            beta in {0.01, 0.02, 0.05, 0.1} and alpha in {0.5, 1, 2, 4} (ALGORITHMS.md 5(c)).
+        num_rounds (`int`, *optional*, defaults to `1`): self-play rounds; each new round makes the current model
+            the reference. The paper's VAR runs stop at 2.
+        round_steps (`int`, *optional*): optimizer steps per round; by default the training steps split evenly
+            over the rounds (so `num_train_epochs=num_rounds` gives one epoch per round). Steps past the last round
+            stay in the last round.
+        fake_pool (`str`, *optional*, defaults to `"online"`): `"online"` samples fresh fakes every step (the
+            paper); `"round"` samples one fake per real row once per round and reuses it when the row comes back in
+            a later epoch of the same round. Both are exact reference samples (the reference is frozen within a
+            round); `"round"` saves sampling time with several epochs per round, at the price of fewer distinct
+            fakes, which the policy can then memorise.
+        length_normalize (`bool`, *optional*, defaults to `False`): divide delta by the number of scored tokens
+            (an ablation for variable-length text; the paper sums).
+        max_new_tokens (`int`, *optional*): most tokens per fake; by default the longest real completion of the
+            batch. Never more than `max_length` minus the prompt.
+        temperature (`float`, *optional*, defaults to `1.0`), top_k (`int`, defaults to `0`), top_p (`float`,
+            defaults to `1.0`): sampling of the fakes; anything but the defaults departs from DDO's theory.
+    """
+
+    alpha: float = field(default=1.0, metadata={"help": "Weight of the fake term; the loss is / max(alpha, 1)."})
+    beta: float = field(default=0.1, metadata={"help": "Scale of the log-ratio: beta * delta should be O(1)."})
+    num_rounds: int = field(default=1, metadata={"help": "Self-play rounds; each new round makes the model the ref."})
+    round_steps: int | None = field(default=None, metadata={"help": "Steps per round (default: steps / num_rounds)."})
+    fake_pool: str = field(
+        default="online",
+        metadata={
+            "help": "'online': fresh fakes every step; 'round': one fake per row per round.",
+            "choices": ["online", "round"],
+        },
+    )
+    length_normalize: bool = field(default=False, metadata={"help": "Per-token mean log-ratio instead of the sum."})
+    max_new_tokens: int | None = field(default=None, metadata={"help": "Most tokens per fake (default: real max)."})
+    temperature: float = field(default=1.0, metadata={"help": "Sampling temperature of the fakes."})
+    top_k: int = field(default=0, metadata={"help": "Top-k of the fakes' sampling (0: off)."})
+    top_p: float = field(default=1.0, metadata={"help": "Top-p of the fakes' sampling (1.0: off)."})
+
+    def __post_init__(self):
+        super().__post_init__()
+        for name, ok, expected in (
+            ("alpha", lambda v: v >= 0, "a number >= 0"),
+            ("beta", lambda v: v > 0, "a positive number"),
+            ("temperature", lambda v: v > 0, "a positive number"),
+            ("top_p", lambda v: 0 < v <= 1, "a number in (0, 1]"),
+        ):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | float) or not ok(value):
+                raise ValueError(f"`{name}` must be {expected}, got {value!r}.")
+        for name, low in (("num_rounds", 1), ("round_steps", 1), ("max_new_tokens", 1), ("top_k", 0)):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < low):
+                raise ValueError(f"`{name}` must be an integer >= {low}, got {value!r}.")
+        if self.fake_pool not in ("online", "round"):
+            raise ValueError(f"`fake_pool` must be 'online' or 'round', got {self.fake_pool!r}.")
+        if self.packing or self.padding_free:
+            raise ValueError("DDO scores whole sequences: set `packing=False` and `padding_free=False`.")
+        if self.loss_type != "nll":
+            raise ValueError(f"DDO replaces SFT's loss; leave `loss_type='nll'`, got {self.loss_type!r}.")
+
+
+class DDOTrainer(CardMixin, SFTTrainer):
+    """[`~trl.SFTTrainer`] on the same data, trained with DDO against reference samples; self-play rounds."""
+
+    _name = "DDO"
+    _tag_names = ["trl", "trl-likelihood", "ddo"]
+    _paper = {"title": "Direct Discriminative Optimization", "id": "2503.01103", "citation": DDO_CITATION}
+    _card_template = "ddo.md"
+    loss_is_scaled_for_ga = False  # two per-sequence means, like DPO: the Trainer divides by the accumulation steps
+
+    def __init__(
+        self,
+        model: Any,
+        ref_model: Any = None,
+        args: DDOConfig | None = None,
+        train_dataset=None,
+        eval_dataset=None,
+        **kwargs,
+    ):
+        if args is None:
+            name = model if isinstance(model, str) else model.config._name_or_path
+            args = DDOConfig(f"{str(name).split('/')[-1]}-DDO")
+        if not isinstance(args, DDOConfig):
+            raise TypeError(f"`args` must be a DDOConfig, got {type(args).__name__}.")
+        if kwargs.get("compute_loss_func") is not None:
+            raise ValueError("DDOTrainer defines its own loss; `compute_loss_func` cannot be combined with it.")
+        validate_sft_dataset(train_dataset, args, "train_dataset")
+        for key, dataset in (eval_dataset if isinstance(eval_dataset, dict) else {"": eval_dataset}).items():
+            validate_sft_dataset(dataset, args, f"eval_dataset[{key!r}]" if key else "eval_dataset")
+        super().__init__(model, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset, **kwargs)
+        if self.train_dataset is not None and hasattr(self.train_dataset, "__len__") and len(self.train_dataset) == 0:
+            raise ValueError(
+                "train_dataset has no usable rows: every row lost its scored tokens (empty completion, or a prompt "
+                f"at least `max_length`={args.max_length} tokens long)."
+            )
+        # The same three reference sources as the implicit PRM: adapter disabled, explicit model, frozen copy.
+        self.reference = build_reference(self, ref_model)
+        if self.reference.kind == "model" and _compat.is_peft(self.model) and args.num_rounds > 1:
+            raise ValueError(
+                "`num_rounds` > 1 with a PEFT model and an explicit `ref_model` is not supported: the policy's "
+                "weights cannot be loaded into the reference. Leave `ref_model=None` (the reference is the base)."
+            )
+        self._round = 0
+        self._ref_snapshot: dict[str, torch.Tensor] | None = None  # PEFT, rounds >= 2: the reference's weights
+        self._pool: dict[tuple[int, ...], list[int]] = {}
+        self._micro = (None, 0)
+        self._rows = {"train": [], "eval": []}
+        self._times = {"sampling": 0.0, "step": 0.0}
+        tok = self.processing_class
+        tok = getattr(tok, "tokenizer", tok)
+        eos = getattr(getattr(self.model, "generation_config", None), "eos_token_id", None)
+        self._eos = sorted({tok.eos_token_id, *([eos] if isinstance(eos, int) else eos or [])} - {None})
+        self._pad = tok.pad_token_id if tok.pad_token_id is not None else self._eos[0]
+        self.add_callback(_SaveRoundState(self))
+
+    # ------------------------------------------------------------------ rounds
+    def round_length(self) -> int:
+        """Optimizer steps per round."""
+        return self.args.round_steps or max(1, math.ceil(self.state.max_steps / self.args.num_rounds))
+
+    def _round_at(self, step: int) -> int:
+        return min(step // self.round_length(), self.args.num_rounds - 1)
+
+    def train(self, resume_from_checkpoint: str | bool | None = None, *args: Any, **kwargs: Any):
+        """Trainer's ``train``; a resume also restores the round and its reference from the checkpoint."""
+        folder = (
+            get_last_checkpoint(self.args.output_dir) if resume_from_checkpoint is True else resume_from_checkpoint
+        )
+        file = os.path.join(folder or "", ROUND_STATE)
+        if folder and os.path.isfile(file):
+            state = torch.load(file, map_location=self.accelerator.device, weights_only=True)
+            if self.reference.kind == "model":
+                self.reference.ref_model.load_state_dict(state["reference"])
+            else:
+                self._ref_snapshot = state["reference"]
+            self._round = state["round"]
+        return super().train(resume_from_checkpoint, *args, **kwargs)
+
+    def save_round_state(self, folder: str) -> None:
+        """Write the round and its reference into ``folder`` (round 1's reference is rebuilt from the inputs)."""
+        if self._round > 0 and self.args.should_save:
+            ref = self._ref_snapshot if self.reference.kind != "model" else self.reference.ref_model.state_dict()
+            torch.save({"round": self._round, "reference": ref}, os.path.join(folder, ROUND_STATE))
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        target = self._round_at(self.state.global_step)
+        if target != self._round:
+            if self.state.global_step != target * self.round_length():
+                logger.warning("No saved state for round %d: its reference is the current model.", target + 1)
+            self._start_round(target)
+        start = time.perf_counter()
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        self._times["step"] += time.perf_counter() - start
+        return loss
+
+    @torch.no_grad()
+    def _start_round(self, index: int) -> None:
+        """Make the current model the reference, without a second copy of the model under PEFT."""
+        policy = self.accelerator.unwrap_model(self.model)
+        if self.reference.kind == "model":
+            self.reference.ref_model.load_state_dict(policy.state_dict())
+        else:
+            self._ref_snapshot = trainable_snapshot(policy)
+        self._pool.clear()
+        self._round = index
+
+    @contextlib.contextmanager
+    def _reference_model(self, model: torch.nn.Module) -> Iterator[torch.nn.Module]:
+        """The module to sample from and to score with as the reference, for the current round."""
+        if self.reference.kind == "model":
+            yield self.reference.ref_model
+            return
+        unwrapped = self.accelerator.unwrap_model(model)
+        if self._ref_snapshot is None:
+            with adapter_disabled(unwrapped) as base:
+                yield base
+        else:
+            with weights_swapped(unwrapped, self._ref_snapshot) as snapshot:
+                yield snapshot
+
+    # ------------------------------------------------------------------ fakes
+    def _generator(self, mode: str, device: torch.device) -> torch.Generator:
+        key = (mode, self.state.global_step)
+        micro = self._micro[1] + 1 if self._micro[0] == key else 0
+        self._micro = (key, micro)
+        seed = sampling_seed(
+            self.args.seed + (mode == "eval"), self.state.global_step, self.accelerator.process_index, micro
+        )
+        return torch.Generator(device).manual_seed(seed)
+
+    def _fakes(
+        self, ref: torch.nn.Module, real: dict[str, torch.Tensor], mode: str
+    ) -> list[tuple[list[int], list[int]]]:
+        """One ``(prompt, completion)`` per real row: the row's prompt, a reference continuation (EOS kept)."""
+        ids, labels, att = real["input_ids"], real["labels"], real["attention_mask"]
+        if not bool(att[:, 0].all()):
+            raise ValueError("DDO expects right-padded batches (SFT's collator); got a row starting with padding.")
+        scored = labels != IGNORE_INDEX
+        scored[:, 0] = False  # the first token has no context and is never scored
+        first = torch.where(scored.any(1), scored.int().argmax(1), torch.ones_like(scored[:, 0], dtype=torch.long))
+        keys = [tuple(row[: int(n)]) for row, n in zip(ids.tolist(), att.sum(1).tolist())]
+        prompts = [row[: int(f)] for row, f in zip(ids.tolist(), first.tolist())]
+        todo = [
+            i for i, k in enumerate(keys) if self.args.fake_pool == "online" or mode == "eval" or k not in self._pool
+        ]
+        out = {i: (prompts[i], self._pool[keys[i]]) for i in range(len(keys)) if i not in todo}
+        if todo:
+            longest = int(scored.sum(1).max())
+            budget = (self.args.max_length or 10**9) - max(len(prompts[i]) for i in todo)
+            if budget < 1:
+                raise ValueError(f"A prompt fills `max_length`={self.args.max_length}: no room for a fake completion.")
+            start = time.perf_counter()
+            samples = sample_completions(
+                ref,
+                [prompts[i] for i in todo],
+                min(self.args.max_new_tokens or longest, budget),
+                eos_token_id=self._eos,
+                pad_token_id=self._pad,
+                temperature=self.args.temperature,
+                top_k=self.args.top_k,
+                top_p=self.args.top_p,
+                generator=self._generator(mode, ids.device),
+            )
+            if mode == "train":
+                self._times["sampling"] += time.perf_counter() - start
+            for i, (prompt, completion) in zip(todo, samples.rows()):
+                out[i] = (prompt, completion)
+                if self.args.fake_pool == "round" and mode == "train":
+                    self._pool[keys[i]] = completion
+        return [out[i] for i in range(len(keys))]
+
+    # ------------------------------------------------------------------ loss
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        mode = "train" if self.model.training else "eval"
+        n_real = inputs["input_ids"].size(0)
+        with torch.no_grad(), self._reference_model(model) as ref:
+            fakes = self._fakes(ref, inputs, mode)
+            batch = append_completions(inputs, fakes, self._pad)
+            ref_lp = token_logps(ref, batch)  # before the policy forward: the swap writes into trainable weights
+        policy_lp = token_logps(model, batch)
+        lengths = policy_lp.mask.sum(-1).clamp(min=1).float()
+        policy, reference = policy_lp.sequence(), ref_lp.sequence()
+        if self.args.length_normalize:
+            policy, reference = policy / lengths, reference / lengths
+        loss = ddo_loss(
+            policy[:n_real], reference[:n_real], policy[n_real:], reference[n_real:], self.args.alpha, self.args.beta
+        )
+        delta = (policy.detach() - reference).float()
+        per_row = torch.stack([delta[:n_real], delta[n_real:], lengths[:n_real], lengths[n_real:]], 1)  # (B, 4)
+        self._rows[mode].append(self.accelerator.gather_for_metrics(per_row).cpu())
+        return (loss, None) if return_outputs else loss
+
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+        inputs = self._prepare_inputs(inputs)
+        with torch.no_grad(), self.compute_loss_context_manager():
+            loss = self.compute_loss(model, inputs)
+        return loss.detach(), None, None
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        mode = "train" if self.model.training else "eval"
+        if self._rows[mode]:
+            store = _compat.metrics_store(self, mode)
+            for key, value in ddo_metrics(torch.cat(self._rows[mode]), self.args.beta).items():
+                store[f"ddo/{key}"] = [value]
+            store["ddo/round"] = [self._round + 1]
+            if mode == "train" and self._times["step"] > 0:
+                store["ddo/sampling_time_share"] = [self._times["sampling"] / self._times["step"]]
+            real, fake = store["ddo/real_length"][0], store["ddo/fake_length"][0]
+            if not 2 / 3 <= fake / max(real, 1e-9) <= 3 / 2:
+                logger.warning(
+                    "Fake mean length %.1f vs real %.1f: DDO may learn length instead of content (set "
+                    "`max_new_tokens`, or `length_normalize=True`).",
+                    fake,
+                    real,
+                )
+        self._rows[mode] = []
+        self._times = {"sampling": 0.0, "step": 0.0}
+        super().log(logs, start_time)
+
+    # ------------------------------------------------------------------ card
+    def card_hyperparameters(self) -> dict[str, Any]:
+        keys = ("alpha", "beta", "num_rounds", "round_steps", "fake_pool", "length_normalize", "max_new_tokens")
+        return {k: getattr(self.args, k) for k in keys} | {"temperature": self.args.temperature}
+
+    def card_extra(self, info: CardInfo) -> dict[str, Any]:
+        return {
+            "reference_is_base": info.is_adapter and self._reference_source == "adapter",
+            "reference": self._reference_name or info.base_model,
+            "rounds_completed": self._round + 1,
+        }
+
+
+class _SaveRoundState(TrainerCallback):
+    """Saves the round state into every checkpoint, so that resuming mid-round keeps the round's reference."""
+
+    def __init__(self, trainer: DDOTrainer):
+        self.trainer = trainer
+
+    def on_save(self, args, state, control, **kwargs):
+        self.trainer.save_round_state(os.path.join(args.output_dir, f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"))
+
+
+def ddo_metrics(rows: torch.Tensor, beta: float) -> dict[str, float]:
+    """From ``(N, 4)`` rows ``[delta_real, delta_fake, real_length, fake_length]``: log-ratios, accuracies, lengths.
+
+    ``real_acc``/``fake_acc`` are the discriminator's accuracies (``sigmoid(beta delta)`` above/below 1/2);
+    ``paired_acc`` is P[delta_real > delta_fake] over (real row, its fake), logged only: DDO is unpaired.
+    """
+    d_real, d_fake, real_len, fake_len = rows.float().unbind(1)
+    return {
+        "real_logratio": d_real.mean().item(),
+        "fake_logratio": d_fake.mean().item(),
+        "real_acc": (beta * d_real > 0).float().mean().item(),
+        "fake_acc": (beta * d_fake < 0).float().mean().item(),
+        "paired_acc": (d_real > d_fake).float().mean().item(),
+        "real_length": real_len.mean().item(),
+        "fake_length": fake_len.mean().item(),
+    }
