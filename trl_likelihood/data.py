@@ -184,3 +184,10 @@ def _check_column(dataset: Any, head: list[dict] | None, column: str, where: str
         if value is None:
             raise ValueError(f"{where}: column {column!r}, row {row} is missing (None); expected text.")
         _check_text(value, column, row, where, messages)
+
+
+def validate_sft_datasets(train_dataset: Any, eval_dataset: Any, args: Any) -> None:
+    """``validate_sft_dataset`` on the train set and on each eval set (one dataset or a dict of them)."""
+    validate_sft_dataset(train_dataset, args, "train_dataset")
+    for key, dataset in (eval_dataset if isinstance(eval_dataset, dict) else {"": eval_dataset}).items():
+        validate_sft_dataset(dataset, args, f"eval_dataset[{key!r}]" if key else "eval_dataset")

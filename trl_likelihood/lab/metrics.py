@@ -122,3 +122,29 @@ def bigram_metrics(
     metrics["invalid_rate"] = 1.0 - valid.double().mean().item()
     metrics["reverse_nll"] = (-log_p[valid].sum() / num_tokens[valid].sum().clamp(min=1)).item()
     return metrics
+
+
+def sample_diversity(ids: torch.Tensor, task: BigramTask) -> dict[str, float]:
+    """Diversity of samples ``(n, L)`` (``<bos>`` first, as ``sample_model`` returns them), to catch mode collapse.
+
+    Every transition up to a row's first ``<eos>``/``<pad>`` (the EOS included) counts; with a fixed-length task
+    (``eos=False``) the first ``max_len`` do. Returns ``distinct_bigrams`` (distinct transitions seen, ``<bos>`` rows
+    included), ``distinct_valid_bigrams`` (those with ``P > 0``: invalid transitions inflate the raw count, so a model
+    that stops making mistakes loses distinct bigrams without losing diversity), ``valid_bigram_coverage`` (the latter
+    over the number of ``P > 0`` transitions) and ``token_entropy`` (nats, of the emitted tokens' frequencies).
+    """
+    ids = ids[:, : task.max_len + 1].cpu().long()
+    prev, nxt = ids[:, :-1], ids[:, 1:]
+    ends = (nxt == PAD_ID) | (prev == EOS_ID) | (prev == PAD_ID)
+    keep = ends.long().cumsum(1) == 0  # transitions before the first end (an emitted EOS is kept)
+    pairs = torch.unique(prev[keep] * task.num_ids + nxt[keep])
+    valid = task.transition.flatten()[pairs.clamp(max=task.num_ids**2 - 1)] > 0
+    valid &= pairs < task.num_ids**2  # ids beyond the task's table are never valid
+    counts = torch.bincount(nxt[keep], minlength=task.num_ids).double()
+    freq = counts[counts > 0] / counts.sum()
+    return {
+        "distinct_bigrams": float(len(pairs)),
+        "distinct_valid_bigrams": float(valid.sum()),
+        "valid_bigram_coverage": float(valid.sum()) / float((task.transition > 0).sum()),
+        "token_entropy": float(-(freq * freq.log()).sum()),
+    }

@@ -15,6 +15,8 @@ import os
 from collections.abc import Iterator
 from typing import Any
 
+import torch
+
 from ..cards import CardInfo, is_local_path, public_model_name, render_card
 
 # Training arguments that must never be written to disk: ``torch.save(args)`` would publish them with the model.
@@ -133,3 +135,25 @@ class CardMixin:
             return super().push_to_hub(*args, **kwargs)
         finally:
             self._pushing = False
+
+
+def resolve_args(trainer_name: str, model: Any, args: Any, config_class: type, kwargs: dict[str, Any]) -> Any:
+    """TRL's default ``args`` (``<model name>-<method>`` as output dir) and the checks every trainer here shares."""
+    if args is None:
+        name = model if isinstance(model, str) else model.config._name_or_path
+        args = config_class(f"{str(name).split('/')[-1]}-{config_class.__name__.removesuffix('Config')}")
+    if not isinstance(args, config_class):
+        raise TypeError(f"`args` must be a {config_class.__name__}, got {type(args).__name__}.")
+    if kwargs.get("compute_loss_func") is not None:
+        raise ValueError(f"{trainer_name} defines its own loss; `compute_loss_func` cannot be combined with it.")
+    return args
+
+
+class LossOnlyEvaluation:
+    """Evaluation runs ``compute_loss`` only: these objectives log their own metrics and have no logits to return."""
+
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+        inputs = self._prepare_inputs(inputs)
+        with torch.no_grad(), self.compute_loss_context_manager():
+            loss = self.compute_loss(model, inputs)
+        return loss.detach(), None, None

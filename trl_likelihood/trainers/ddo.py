@@ -48,11 +48,11 @@ from trl import SFTConfig, SFTTrainer
 
 from .. import _compat
 from ..cards import CardInfo
-from ..data import validate_sft_dataset
+from ..data import validate_sft_datasets
 from ..generation import append_completions, sample_completions, sampling_seed
 from ..losses import IGNORE_INDEX, ddo_loss
 from ..ratio import adapter_disabled, build_reference, token_logps, trainable_snapshot, weights_swapped
-from .base import CardMixin
+from .base import CardMixin, LossOnlyEvaluation, resolve_args
 
 logger = get_logger(__name__)
 ROUND_STATE = "ddo_round.pt"  # in each checkpoint from round 2 on: the round index and the reference's weights
@@ -137,7 +137,7 @@ class DDOConfig(SFTConfig):
             raise ValueError(f"DDO replaces SFT's loss; leave `loss_type='nll'`, got {self.loss_type!r}.")
 
 
-class DDOTrainer(CardMixin, SFTTrainer):
+class DDOTrainer(CardMixin, LossOnlyEvaluation, SFTTrainer):
     """[`~trl.SFTTrainer`] on the same data, trained with DDO against reference samples; self-play rounds."""
 
     _name = "DDO"
@@ -155,16 +155,8 @@ class DDOTrainer(CardMixin, SFTTrainer):
         eval_dataset=None,
         **kwargs,
     ):
-        if args is None:
-            name = model if isinstance(model, str) else model.config._name_or_path
-            args = DDOConfig(f"{str(name).split('/')[-1]}-DDO")
-        if not isinstance(args, DDOConfig):
-            raise TypeError(f"`args` must be a DDOConfig, got {type(args).__name__}.")
-        if kwargs.get("compute_loss_func") is not None:
-            raise ValueError("DDOTrainer defines its own loss; `compute_loss_func` cannot be combined with it.")
-        validate_sft_dataset(train_dataset, args, "train_dataset")
-        for key, dataset in (eval_dataset if isinstance(eval_dataset, dict) else {"": eval_dataset}).items():
-            validate_sft_dataset(dataset, args, f"eval_dataset[{key!r}]" if key else "eval_dataset")
+        args = resolve_args("DDOTrainer", model, args, DDOConfig, kwargs)
+        validate_sft_datasets(train_dataset, eval_dataset, args)
         super().__init__(model, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset, **kwargs)
         if self.train_dataset is not None and hasattr(self.train_dataset, "__len__") and len(self.train_dataset) == 0:
             raise ValueError(
@@ -327,12 +319,6 @@ class DDOTrainer(CardMixin, SFTTrainer):
         per_row = torch.stack([delta[:n_real], delta[n_real:], lengths[:n_real], lengths[n_real:]], 1)  # (B, 4)
         self._rows[mode].append(self.accelerator.gather_for_metrics(per_row).cpu())
         return (loss, None) if return_outputs else loss
-
-    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
-        inputs = self._prepare_inputs(inputs)
-        with torch.no_grad(), self.compute_loss_context_manager():
-            loss = self.compute_loss(model, inputs)
-        return loss.detach(), None, None
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         mode = "train" if self.model.training else "eval"

@@ -31,7 +31,7 @@ from ..losses import implicit_prm_dpo_loss, implicit_prm_loss
 from ..metrics import binary_auroc
 from ..prm_data import LABEL_COLUMN, prepare_prm_dataset
 from ..ratio import Reference, build_reference, token_logps
-from .base import CardMixin
+from .base import CardMixin, LossOnlyEvaluation, resolve_args
 
 IMPLICIT_PRM_CITATION = """\
 @article{yuan2024implicitprm,
@@ -106,7 +106,7 @@ class PRMCollator:
         return batch
 
 
-class ImplicitPRMTrainer(CardMixin, SFTTrainer):
+class ImplicitPRMTrainer(CardMixin, LossOnlyEvaluation, SFTTrainer):
     """Trains an implicit PRM on outcome labels. Replaces ``KTOTrainer`` (unpaired) or ``DPOTrainer`` (pairs)."""
 
     _name = "Implicit PRM"
@@ -129,15 +129,7 @@ class ImplicitPRMTrainer(CardMixin, SFTTrainer):
         eval_dataset: Dataset | dict[str, Dataset] | None = None,
         **kwargs: Any,
     ):
-        if args is None:
-            name = model if isinstance(model, str) else model.config._name_or_path
-            args = ImplicitPRMConfig(f"{str(name).split('/')[-1]}-ImplicitPRM")
-        if not isinstance(args, ImplicitPRMConfig):
-            raise TypeError(f"`args` must be an ImplicitPRMConfig, got {type(args).__name__}.")
-        if kwargs.get("compute_loss_func") is not None:
-            raise ValueError(
-                "ImplicitPRMTrainer defines its own loss; `compute_loss_func` cannot be combined with it."
-            )
+        args = resolve_args("ImplicitPRMTrainer", model, args, ImplicitPRMConfig, kwargs)
         train_dataset = prepare_prm_dataset(train_dataset, args.loss_type, "train_dataset")
         if isinstance(eval_dataset, dict):
             eval_dataset = {
@@ -222,12 +214,6 @@ class ImplicitPRMTrainer(CardMixin, SFTTrainer):
         gathered = self.accelerator.gather_for_metrics(per_example)
         self._rewards[mode].append(gathered if self.args.loss_type == "ce" else torch.cat(gathered.chunk(2, 1)))
         return (loss, None) if return_outputs else loss
-
-    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
-        inputs = self._prepare_inputs(inputs)
-        with torch.no_grad(), self.compute_loss_context_manager():
-            loss = self.compute_loss(model, inputs)
-        return loss.detach(), None, None
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         mode = "train" if self.model.training else "eval"

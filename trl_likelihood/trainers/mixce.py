@@ -27,9 +27,9 @@ import torch
 from trl import SFTConfig, SFTTrainer
 
 from .. import _compat
-from ..data import validate_sft_dataset
+from ..data import validate_sft_datasets
 from ..losses import mixce_token_loss
-from .base import CardMixin
+from .base import CardMixin, resolve_args
 
 MIXCE_CITATION = """\
 @inproceedings{zhang2023mixce,
@@ -78,19 +78,8 @@ class MixCETrainer(CardMixin, SFTTrainer):
     _card_template = "mixce.md"
 
     def __init__(self, model: Any, args: MixCEConfig | None = None, train_dataset=None, eval_dataset=None, **kwargs):
-        if args is None:
-            name = model if isinstance(model, str) else model.config._name_or_path
-            args = MixCEConfig(f"{str(name).split('/')[-1]}-MixCE")
-        if not isinstance(args, MixCEConfig):
-            raise TypeError(f"`args` must be a MixCEConfig, got {type(args).__name__}.")
-        if kwargs.get("compute_loss_func") is not None:
-            raise ValueError("MixCETrainer defines its own loss; `compute_loss_func` cannot be combined with it.")
-        validate_sft_dataset(train_dataset, args, "train_dataset")
-        if isinstance(eval_dataset, dict):
-            for key, dataset in eval_dataset.items():
-                validate_sft_dataset(dataset, args, f"eval_dataset[{key!r}]")
-        elif eval_dataset is not None:
-            validate_sft_dataset(eval_dataset, args, "eval_dataset")
+        args = resolve_args("MixCETrainer", model, args, MixCEConfig, kwargs)
+        validate_sft_datasets(train_dataset, eval_dataset, args)
         super().__init__(model, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset, **kwargs)
         # Exact corpus-level NLL: token sums and counts, gathered across processes, reset at each log.
         self._nll_totals = {mode: torch.zeros(2, dtype=torch.float64) for mode in ("train", "eval")}
