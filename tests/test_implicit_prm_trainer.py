@@ -71,6 +71,22 @@ def test_prm_lora_starts_at_log2_trains_adapter_only_with_one_model(tiny_model_d
     assert any(not torch.equal(p, lora[n]) for n, p in trainer.model.named_parameters() if n in lora)
 
 
+def test_prm_disables_dropout_like_dpo(tiny_model_dir, unpaired, tmp_path):
+    lora = LoraConfig(**{**LORA, "lora_dropout": 0.1})
+    trainer = ImplicitPRMTrainer(
+        model=tiny_model_dir, args=_args(tmp_path, "drop"), train_dataset=unpaired, peft_config=lora
+    )
+    dropouts = [m for m in trainer.model.modules() if isinstance(m, torch.nn.Dropout)]
+    assert dropouts and all(m.p == 0 for m in dropouts)
+    kept = ImplicitPRMTrainer(
+        model=tiny_model_dir,
+        args=_args(tmp_path, "keep", disable_dropout=False),
+        train_dataset=unpaired,
+        peft_config=lora,
+    )
+    assert any(m.p == 0.1 for m in kept.model.modules() if isinstance(m, torch.nn.Dropout))
+
+
 def test_prm_scores_only_completion_tokens_and_eos(tiny_model_dir, unpaired, tmp_path):
     trainer = ImplicitPRMTrainer(
         model=tiny_model_dir,

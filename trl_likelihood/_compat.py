@@ -14,8 +14,9 @@ from typing import Any
 import torch
 import trl
 
-# TRL 1.16: the chunked LM head that returns per-token log-probs without building (B, T, V) logits.
-from trl.trainer.utils import add_fused_lm_head  # noqa: F401  (re-exported for the ratio core and later trainers)
+# TRL 1.16: the chunked LM head that returns per-token log-probs without building (B, T, V) logits, and the helper
+# DPO/KTO use to switch dropout off (a ratio to a dropout-free reference must not be noisy on one side).
+from trl.trainer.utils import add_fused_lm_head, disable_dropout_in_model  # noqa: F401  (re-exported)
 
 TESTED_TRL = ("1.16",)
 

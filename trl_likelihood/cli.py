@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -207,6 +208,10 @@ def train_and_save(trainer: Any, datasets: list[str] | None = None) -> None:
     if args.push_to_hub:
         trainer.push_to_hub(dataset_name=datasets or None)  # again, so the pushed card names the dataset
         trainer.accelerator.print(f"Model pushed to https://huggingface.co/{trainer.hub_model_id}")
+    # Every rank is done, then release the GIL briefly before the process group goes: destroying a gloo group while
+    # its worker thread still waits for the GIL (to free the last all-gather) hangs a rank at exit (pytorch#56297).
+    trainer.accelerator.wait_for_everyone()
+    time.sleep(0.1)
     trainer.end()
 
 

@@ -74,6 +74,8 @@ class DDOConfig(SFTConfig):
     r"""[`~trl.SFTConfig`] plus DDO's fields. Data preparation (tokenisation, truncation, masks) is SFT's.
 
     Parameters:
+        disable_dropout (`bool`, *optional*, defaults to `True`): switch dropout off in the policy, as
+            ``DPOTrainer`` does, so the log-ratio to the reference is not noisy.
         alpha (`float`, *optional*, defaults to `1.0`): weight of the fake term; the loss is divided by
             `max(alpha, 1)`. Larger alpha trades closeness (JS) for precision (ALGORITHMS.md 5(g)).
         beta (`float`, *optional*, defaults to `0.1`): scale of the summed log-ratio; it must bring
@@ -97,6 +99,10 @@ class DDOConfig(SFTConfig):
             defaults to `1.0`): sampling of the fakes; anything but the defaults departs from DDO's theory.
     """
 
+    disable_dropout: bool = field(
+        default=True,
+        metadata={"help": "Switch dropout off in the policy, as DPOTrainer does: the log-ratio must not be noisy."},
+    )
     alpha: float = field(default=1.0, metadata={"help": "Weight of the fake term; the loss is / max(alpha, 1)."})
     beta: float = field(default=0.1, metadata={"help": "Scale of the log-ratio: beta * delta should be O(1)."})
     num_rounds: int = field(default=1, metadata={"help": "Self-play rounds; each new round makes the model the ref."})
@@ -158,6 +164,8 @@ class DDOTrainer(CardMixin, LossOnlyEvaluation, SFTTrainer):
         args = resolve_args("DDOTrainer", model, args, DDOConfig, kwargs)
         validate_sft_datasets(train_dataset, eval_dataset, args)
         super().__init__(model, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset, **kwargs)
+        if args.disable_dropout:
+            _compat.disable_dropout_in_model(self.model)
         if self.train_dataset is not None and hasattr(self.train_dataset, "__len__") and len(self.train_dataset) == 0:
             raise ValueError(
                 "train_dataset has no usable rows: every row lost its scored tokens (empty completion, or a prompt "

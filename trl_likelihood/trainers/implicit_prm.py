@@ -53,6 +53,8 @@ class ImplicitPRMConfig(SFTConfig):
         beta (`float`, *optional*, defaults to `0.05`): scale of the implicit reward ``beta * log pi/pi_ref``; the
             paper's value for 8B models. Small models on small data learn faster with larger beta (ALGORITHMS.md 4(g)).
         loss_type (`str`, *optional*, defaults to `"ce"`): `"ce"` (unpaired labels) or `"dpo"` (pairs).
+        disable_dropout (`bool`, *optional*, defaults to `True`): switch dropout off in the policy (LoRA dropout
+            included), as ``DPOTrainer`` does, so the log-ratio to the dropout-free reference is not noisy.
         precompute_ref_log_probs (`bool`, *optional*, defaults to `False`): compute the reference log-probs of the
             datasets once before training, so no reference forward runs during training.
         precompute_ref_batch_size (`int`, *optional*): batch size of that pass; defaults to the eval batch size.
@@ -65,6 +67,10 @@ class ImplicitPRMConfig(SFTConfig):
             "help": "'ce': unpaired outcome labels; 'dpo': correct x incorrect pairs.",
             "choices": ["ce", "dpo"],
         },
+    )
+    disable_dropout: bool = field(
+        default=True,
+        metadata={"help": "Switch dropout off in the policy, as DPOTrainer does: the log-ratio must not be noisy."},
     )
     precompute_ref_log_probs: bool = field(
         default=False, metadata={"help": "Compute the reference log-probs of the datasets once, before training."}
@@ -140,6 +146,8 @@ class ImplicitPRMTrainer(CardMixin, LossOnlyEvaluation, SFTTrainer):
         with _compat.sft_init_accepting_loss_type(args):
             super().__init__(model, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset, **kwargs)
         self.data_collator = PRMCollator(self.data_collator)
+        if args.disable_dropout:
+            _compat.disable_dropout_in_model(self.model)
         self.reference = build_reference(self, ref_model)
         self._rewards = {"train": [], "eval": []}
         if args.precompute_ref_log_probs:
