@@ -5,7 +5,7 @@ Used by the efficacy tests, the benchmarks and the demo. ``BigramTask`` is MixCE
 """
 
 from .bigram import BOS_ID, EOS_ID, PAD_ID, BigramTask
-from .metrics import bigram_metrics, prefix_metrics, sample_model
+from .metrics import bigram_metrics, prefix_metrics, sample_diversity, sample_model
 from .modarith import ModArithTask, Rollouts, load_reference, train_reference
 from .models import BigramOracle, tiny_causal_lm
 from .prm_metrics import LogLikelihoodScorer, OracleScorer, RandomScorer, run_prm_efficacy, step_metrics
@@ -27,6 +27,7 @@ __all__ = [
     "train_reference",
     "bigram_metrics",
     "prefix_metrics",
+    "sample_diversity",
     "sample_model",
     "tiny_causal_lm",
 ]

@@ -6,20 +6,26 @@ continued from it for the same number of steps with the same data order and seed
 Implicit PRM vs controls (ALGORITHMS.md 4(g)): pi_ref trained by MLE on a noisy solver with systematic bug cells, a PRM
 trained from pi_ref on outcome labels only, then step-level metrics against the reference's own log-likelihood (which
 prefers the bug values), a random scorer, random selection, majority vote and the oracle.
+
+DDO vs MLE (ALGORITHMS.md 5(g)): fixed-length sequences without EOS, an over-dispersed reference (MLE with label
+smoothing) saved to disk, then continued MLE and DDO from it for the same number of steps, read at each round's end;
+optionally the same from a negative-control reference trained by MLE without smoothing.
 """
 
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from transformers import PrinterCallback
+from transformers import PrinterCallback, TrainerCallback
+from trl import SFTConfig, SFTTrainer
 
-from ..trainers import ImplicitPRMConfig, ImplicitPRMTrainer, MixCEConfig, MixCETrainer
+from ..trainers import DDOConfig, DDOTrainer, ImplicitPRMConfig, ImplicitPRMTrainer, MixCEConfig, MixCETrainer
 from .bigram import BigramTask
-from .metrics import bigram_metrics
+from .metrics import bigram_metrics, sample_diversity, sample_model
 from .models import tiny_causal_lm
 
 
@@ -166,3 +172,140 @@ def implicit_prm_vs_controls(setup: PRMSetup, output_dir: str, on_stage: Callabl
         task, reference, scorers={"implicit_prm": prm.score}, num_eval=setup.num_eval, num_prompts=setup.num_prompts
     )
     return {**results, "trainer": trainer, "task": task}
+
+
+@dataclass
+class DDOSetup:
+    """One seed of the DDO study (ALGORITHMS.md 5(g)); defaults are the calibrated single-seed efficacy setting.
+
+    The task has fixed-length sequences and no EOS, so fakes are as long as real rows (only a reference sample of the
+    impossible EOS ends one early) and length is no cue. The reference is MLE with label smoothing (over-dispersed:
+    DDO's mode-covering premise); the negative control is MLE without smoothing. alpha 1, beta 0.5 beat continued
+    MLE on invalid rate and impossible mass after one round of 150 steps (3 seeds, ``benchmarks/efficacy_ddo.py``);
+    in a seed-0 sweep beta 1.0 did not, and alpha 2 matched it at nearly twice the JS.
+    """
+
+    seed: int = 0
+    vocab_size: int = 24
+    max_len: int = 16
+    hidden_size: int = 32  # above the 26 ids: the family can represent a sharp P, the smoothed reference does not
+    train_size: int = 5000
+    ref_steps: int = 300
+    label_smoothing: float = 0.1
+    control_steps: int = 600  # the negative control's reference: MLE, no smoothing, decayed to its optimum
+    round_steps: int = 150
+    num_rounds: int = 1
+    alpha: float = 1.0
+    beta: float = 0.5
+    batch_size: int = 64  # real rows; DDO adds as many fakes
+    learning_rate: float = 3e-3
+    eval_sequences: int = 1000
+    eval_samples: int = 2000
+    extra_args: dict[str, Any] = field(default_factory=dict)
+
+
+def _common_args(setup: DDOSetup, steps: int, **kwargs: Any) -> dict[str, Any]:
+    return dict(
+        max_steps=steps,
+        per_device_train_batch_size=setup.batch_size,
+        learning_rate=setup.learning_rate,
+        max_length=setup.max_len + 1,
+        seed=setup.seed,  # same seed: same data order in every arm
+        logging_steps=steps,
+        save_strategy="no",
+        report_to="none",
+        bf16=False,
+        use_cpu=True,
+        gradient_checkpointing=False,
+        disable_tqdm=True,
+        **{"lr_scheduler_type": "constant", **kwargs, **setup.extra_args},
+    )
+
+
+class _EvalEvery(TrainerCallback):
+    """Evaluates the model every ``every`` steps (the end of each DDO round, and the same steps for MLE)."""
+
+    def __init__(self, every: int, evaluate: Callable[[Any], dict], out: dict[int, dict]) -> None:
+        self.every, self.evaluate, self.out = every, evaluate, out
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        if state.global_step % self.every == 0:
+            self.out[state.global_step] = self.evaluate(model)
+
+
+def _fit(trainer: Any, callback: TrainerCallback | None = None) -> Any:
+    trainer.remove_callback(PrinterCallback)  # with tqdm off, it prints every log dict; the caller reports instead
+    if callback is not None:
+        trainer.add_callback(callback)
+    trainer.train()
+    return trainer
+
+
+def ddo_vs_mle(
+    setup: DDOSetup,
+    output_dir: str,
+    control: bool = False,
+    on_stage: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Reference, then DDO and continued MLE from it for ``num_rounds * round_steps`` steps each; same data order.
+
+    Both arms are evaluated at the end of every round (so one run with 3 rounds gives rounds 1, 2 and 3, and MLE at
+    the same step counts). With ``control=True`` the same two arms also start from the negative control, a reference
+    trained by MLE without smoothing for ``control_steps`` with a cosine decay (near its within-family optimum).
+
+    Returns ``{"metrics": {name: {...}}, "trainers": {name: trainer}, "task": task}`` with names ``"reference"``,
+    ``"mle@<step>"``, ``"ddo@<step>"`` (and ``"control"``, ``"control-mle@<step>"``, ``"control-ddo@<step>"``).
+    Metrics are ``bigram_metrics`` plus ``sample_diversity`` of the same samples.
+    """
+    task = BigramTask(vocab_size=setup.vocab_size, max_len=setup.max_len, seed=setup.seed, eos=False)
+    tokenizer, dataset = task.tokenizer(), task.dataset(setup.train_size, seed=setup.seed + 100)
+    held_out = setup.seed + 1000  # not the training data's seed
+
+    def evaluate(model: Any) -> dict[str, float]:
+        metrics = bigram_metrics(
+            model, task, num_sequences=setup.eval_sequences, num_samples=setup.eval_samples, seed=held_out
+        )
+        was_training = model.training
+        model.eval()
+        try:
+            samples = sample_model(model, task, setup.eval_samples, held_out + 1, 1000)  # bigram_metrics' samples
+        finally:
+            model.train(was_training)
+        return metrics | sample_diversity(samples, task)
+
+    def report(name: str) -> None:
+        if on_stage:
+            on_stage(name)
+
+    steps = setup.num_rounds * setup.round_steps
+    metrics, trainers = {}, {}
+    starts = {"": ("reference", setup.ref_steps, setup.label_smoothing, "constant")}
+    if control:
+        starts["control-"] = ("control", setup.control_steps, 0.0, "cosine")
+    for prefix, (name, ref_steps, smoothing, schedule) in starts.items():
+        ref_dir = os.path.join(output_dir, name)
+        model = tiny_causal_lm(tokenizer, hidden_size=setup.hidden_size, seed=setup.seed)
+        args = SFTConfig(
+            ref_dir, **_common_args(setup, ref_steps, label_smoothing_factor=smoothing, lr_scheduler_type=schedule)
+        )
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*label_smoothing_factor.*", category=FutureWarning)
+            reference = _fit(SFTTrainer(model, args=args, train_dataset=dataset, processing_class=tokenizer))
+        reference.save_model(ref_dir)
+        metrics[name] = evaluate(reference.model)
+        report(name)
+        for arm in ("mle", "ddo"):
+            arm_dir, evals = os.path.join(output_dir, f"{prefix}{arm}"), {}
+            callback = _EvalEvery(setup.round_steps, evaluate, evals)
+            if arm == "mle":
+                args = SFTConfig(arm_dir, **_common_args(setup, steps))
+                trainer = SFTTrainer(ref_dir, args=args, train_dataset=dataset, processing_class=tokenizer)
+            else:
+                ddo = dict(alpha=setup.alpha, beta=setup.beta, num_rounds=setup.num_rounds)
+                args = DDOConfig(arm_dir, **ddo, round_steps=setup.round_steps, **_common_args(setup, steps))
+                trainer = DDOTrainer(ref_dir, args=args, train_dataset=dataset, processing_class=tokenizer)
+            trainers[f"{prefix}{arm}"] = _fit(trainer, callback)
+            for step, values in sorted(evals.items()):
+                metrics[f"{prefix}{arm}@{step}"] = values
+            report(f"{prefix}{arm}")
+    return {"metrics": metrics, "trainers": trainers, "task": task}
