@@ -24,16 +24,6 @@ from trl_likelihood.lab import (
 )
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny matmuls gain nothing from a second thread, and on a loaded 2-core machine an OpenMP pair spin-waits:
-    ``sample_model`` took 3.8 s with 2 threads against 0.03 s with 1 (measured with other jobs running)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def task() -> BigramTask:
     return BigramTask(vocab_size=12, max_len=8, seed=3)

@@ -12,23 +12,12 @@ rate 0.304 -> 0.200 (-34 %), held-out NLL 1.736 -> 1.998 (+15 %), JS 0.014 -> 0.
 from __future__ import annotations
 
 import pytest
-import torch
 
 from trl_likelihood.lab.experiments import MixCESetup, mixce_vs_mle
 
 pytestmark = pytest.mark.slow
 
 SEED, WARM_STEPS, ARM_STEPS, MIXCE_ETA = 0, 200, 300, 0.1
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny matmuls gain nothing from a second thread, and on a loaded 2-core machine an OpenMP pair spin-waits:
-    one training step took 1.5-2.6 s with 2 threads against 0.03 s with 1 (measured with other jobs running)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

@@ -33,15 +33,6 @@ def _tol(beta: float, n_tokens: int) -> float:
     return beta * TOKEN_TOL * n_tokens
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny forwards: with 2 threads on a shared, loaded CPU each forward spins ~100x longer than on one."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 @pytest.fixture(scope="module")
 def tokenizer(tiny_model_dir):
     return AutoTokenizer.from_pretrained(tiny_model_dir)
