@@ -1,24 +1,61 @@
-"""trl-likelihood: beyond-maximum-likelihood objectives as drop-in TRL trainers."""
+"""trl-likelihood: beyond-maximum-likelihood objectives as drop-in TRL trainers.
 
-from .losses import ddo_loss, implicit_prm_dpo_loss, implicit_prm_loss, mixce_loss, mixce_token_loss
-from .scoring import ImplicitPRM, StepScores
-from .trainers import DDOConfig, DDOTrainer, ImplicitPRMConfig, ImplicitPRMTrainer, MixCEConfig, MixCETrainer
+Exports load on first use, so ``trl-likelihood --help`` answers without importing torch and TRL.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
+
+_EXPORTS = {
+    "DDOConfig": ".trainers",
+    "DDOTrainer": ".trainers",
+    "ImplicitPRMConfig": ".trainers",
+    "ImplicitPRMTrainer": ".trainers",
+    "MixCEConfig": ".trainers",
+    "MixCETrainer": ".trainers",
+    "ImplicitPRM": ".scoring",
+    "StepScores": ".scoring",
+    "ddo_loss": ".losses",
+    "implicit_prm_dpo_loss": ".losses",
+    "implicit_prm_loss": ".losses",
+    "mixce_loss": ".losses",
+    "mixce_token_loss": ".losses",
+}
 
 __all__ = [
     "DDOConfig",
     "DDOTrainer",
-    "ddo_loss",
     "ImplicitPRM",
-    "StepScores",
     "ImplicitPRMConfig",
     "ImplicitPRMTrainer",
     "MixCEConfig",
     "MixCETrainer",
+    "StepScores",
     "__version__",
+    "ddo_loss",
     "implicit_prm_dpo_loss",
     "implicit_prm_loss",
     "mixce_loss",
     "mixce_token_loss",
 ]
+
+if TYPE_CHECKING:
+    from .losses import ddo_loss, implicit_prm_dpo_loss, implicit_prm_loss, mixce_loss, mixce_token_loss
+    from .scoring import ImplicitPRM, StepScores
+    from .trainers import DDOConfig, DDOTrainer, ImplicitPRMConfig, ImplicitPRMTrainer, MixCEConfig, MixCETrainer
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(_EXPORTS[name], __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_EXPORTS])

@@ -17,7 +17,6 @@ A new method is one entry in ``METHODS``: its config class, its trainer class an
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from collections.abc import Sequence
@@ -36,13 +35,12 @@ from trl import (
     get_quantization_config,
 )
 
-from . import __version__
 from .data import hub_dataset_id, load_training_dataset
+from .entry import METHOD_HELP, PROG
+from .entry import main as entry_main
 from .trainers import DDOConfig, DDOTrainer, ImplicitPRMConfig, ImplicitPRMTrainer, MixCEConfig, MixCETrainer
 
 logger = get_logger(__name__)
-
-PROG = "trl-likelihood"
 
 
 @dataclass(frozen=True)
@@ -60,28 +58,14 @@ class Method:
     replaces: str  # the `trl` subcommand whose data and flags this method takes, shown in --help
 
 
+_CLASSES = {
+    "mixce": (MixCEConfig, MixCETrainer),
+    "implicit-prm": (ImplicitPRMConfig, ImplicitPRMTrainer),
+    "ddo": (DDOConfig, DDOTrainer),
+}
 METHODS: dict[str, Method] = {
-    "mixce": Method(
-        config_class=MixCEConfig,
-        trainer_class=MixCETrainer,
-        help="MixCE: forward + self-reinforced reverse cross-entropy (--eta); language-modeling or prompt-completion "
-        "data.",
-        replaces="sft",
-    ),
-    "implicit-prm": Method(
-        config_class=ImplicitPRMConfig,
-        trainer_class=ImplicitPRMTrainer,
-        help="Implicit PRM: outcome reward beta*log(pi/pi_ref) on correct/incorrect labels, step rewards for free "
-        "(--beta, --loss_type ce|dpo); prompt+completion+label or prompt+chosen+rejected data.",
-        replaces="kto",
-    ),
-    "ddo": Method(
-        config_class=DDOConfig,
-        trainer_class=DDOTrainer,
-        help="DDO: the likelihood ratio to a frozen reference as a GAN discriminator, real data vs reference samples, "
-        "self-play rounds (--alpha, --beta, --num_rounds); language-modeling or prompt-completion data.",
-        replaces="sft",
-    ),
+    name: Method(config_class=config, trainer_class=trainer, help=METHOD_HELP[name][0], replaces=METHOD_HELP[name][1])
+    for name, (config, trainer) in _CLASSES.items()
 }
 
 
@@ -238,49 +222,21 @@ def run_mixce(
     return run("mixce", script_args, training_args, model_args, dataset_args)
 
 
-def _top_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog=PROG,
-        description="Train a beyond-maximum-likelihood objective as a drop-in TRL trainer.",
-        epilog=(
-            f"Run '{PROG} METHOD --help' for a method's flags (TRL's, as in 'trl sft', plus the method's own). "
-            f"Example: {PROG} mixce --model_name_or_path Qwen/Qwen2-0.5B --dataset_name trl-lib/Capybara --eta 0.5. "
-            f"Several processes: accelerate launch --num_processes N -m trl_likelihood.cli METHOD ... (on CPU add "
-            "--multi_gpu, or accelerate runs one process)."
-        ),
-    )
-    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    subparsers = parser.add_subparsers(title="methods", dest="method", metavar="METHOD")
-    subparsers.add_parser(
-        "demo", help="Each method vs continued MLE on an embedded known-truth task (offline, CPU).", add_help=False
-    )
-    for name, spec in METHODS.items():
-        # add_help=False: the method's own TrlParser answers `METHOD --help` with the full list of flags.
-        subparsers.add_parser(name, help=f"{spec.help} Replaces 'trl {spec.replaces}'.", add_help=False)
-    return parser
-
-
 def _fail(prog: str, err: BaseException) -> int:
     print(f"{prog}: error: {err}", file=sys.stderr)
     return 2
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of ``trl-likelihood``; returns the exit status (2 for a bad argument, config or dataset)."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] == "demo":
-        from .demo import main as demo_main
+    """Entry point of ``trl-likelihood`` (``entry.main``): help and dispatch; returns the exit status."""
+    return entry_main(argv)
 
-        return demo_main(argv[1:])
-    if not argv or argv[0] not in METHODS:
-        top = _top_parser()
-        top.parse_args(argv)  # --help, --version and unknown methods exit here
-        top.print_help()
-        return 0
-    method, rest = argv[0], argv[1:]
+
+def run_method(method: str, rest: Sequence[str]) -> int:
+    """Parse one method's flags and YAML, build the trainer, train, save; 2 for a bad argument, config or dataset."""
     parser = make_parser(method)
     try:
-        script_args, training_args, model_args, dataset_args = parser.parse_args_and_config(rest)
+        script_args, training_args, model_args, dataset_args = parser.parse_args_and_config(list(rest))
     except (ValueError, OSError) as err:  # bad values (e.g. eta) in flags or YAML, unknown keys, missing --config
         return _fail(parser.prog, err)
     try:

@@ -1,0 +1,75 @@
+"""The ``trl-likelihood`` console script's front door: help, version and dispatch, with no heavy import.
+
+``trl-likelihood --help`` answers at once; torch, TRL and the trainers load only when a method or the demo runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from . import __version__
+
+PROG = "trl-likelihood"
+
+# name -> (one line of help, the `trl` subcommand whose data and flags it takes). The classes are in cli.METHODS.
+METHOD_HELP: dict[str, tuple[str, str]] = {
+    "mixce": (
+        "MixCE: forward + self-reinforced reverse cross-entropy (--eta); language-modeling or prompt-completion data.",
+        "sft",
+    ),
+    "implicit-prm": (
+        "Implicit PRM: outcome reward beta*log(pi/pi_ref) on correct/incorrect labels, step rewards for free "
+        "(--beta, --loss_type ce|dpo); prompt+completion+label or prompt+chosen+rejected data.",
+        "kto",
+    ),
+    "ddo": (
+        "DDO: the likelihood ratio to a frozen reference as a GAN discriminator, real data vs reference samples, "
+        "self-play rounds (--alpha, --beta, --num_rounds); language-modeling or prompt-completion data.",
+        "sft",
+    ),
+}
+
+
+def top_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="Train a beyond-maximum-likelihood objective as a drop-in TRL trainer.",
+        epilog=(
+            f"Run '{PROG} METHOD --help' for a method's flags (TRL's, as in 'trl sft', plus the method's own). "
+            f"Example: {PROG} mixce --model_name_or_path Qwen/Qwen2-0.5B --dataset_name trl-lib/Capybara --eta 0.5. "
+            f"Several processes: accelerate launch --num_processes N -m trl_likelihood.cli METHOD ... (on CPU add "
+            "--multi_gpu, or accelerate runs one process)."
+        ),
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    subparsers = parser.add_subparsers(title="methods", dest="method", metavar="METHOD")
+    subparsers.add_parser(
+        "demo", help="Each method vs continued MLE on an embedded known-truth task (offline, CPU).", add_help=False
+    )
+    for name, (text, replaces) in METHOD_HELP.items():
+        # add_help=False: the method's own TrlParser answers `METHOD --help` with the full list of flags.
+        subparsers.add_parser(name, help=f"{text} Replaces 'trl {replaces}'.", add_help=False)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``trl-likelihood``; returns the exit status (2 for a bad argument, config or dataset)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "demo":
+        from .demo import main as demo_main
+
+        return demo_main(argv[1:])
+    if argv and argv[0] in METHOD_HELP:
+        from .cli import run_method
+
+        return run_method(argv[0], argv[1:])
+    top = top_parser()
+    top.parse_args(argv)  # --help, --version and unknown methods exit here
+    top.print_help()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
