@@ -47,31 +47,50 @@ class MixCESetup:
     extra_args: dict[str, Any] = field(default_factory=dict)
 
 
-def _train(
-    model: Any, output_dir: str, eta: float, steps: int, setup: MixCESetup, task: BigramTask, dataset, tokenizer
-) -> MixCETrainer:
-    args = MixCEConfig(
-        output_dir,
-        eta=eta,
-        max_steps=steps,
-        per_device_train_batch_size=setup.batch_size,
-        learning_rate=setup.learning_rate,
-        lr_scheduler_type="constant",
-        max_length=task.max_len + 1,
-        seed=setup.seed,  # same seed: same data order in every arm
-        logging_steps=steps,
+def _lab_args(
+    seed: int, batch_size: int, learning_rate: float, extra: dict[str, Any] | None = None, **kwargs: Any
+) -> dict[str, Any]:
+    """Training arguments every lab run shares: quiet, deterministic, CPU, no checkpoints; ``extra`` wins."""
+    defaults = dict(
+        lr_scheduler_type="constant",  # so that every arm keeps moving until its last step
+        per_device_train_batch_size=batch_size,
+        learning_rate=learning_rate,
+        logging_steps=kwargs.get("max_steps", 20),
+        seed=seed,  # same seed: same data order in every arm
         save_strategy="no",
         report_to="none",
         bf16=False,
         use_cpu=True,
         gradient_checkpointing=False,  # pointless at this size, and twice the compute
         disable_tqdm=True,
-        **setup.extra_args,
     )
-    trainer = MixCETrainer(model, args=args, train_dataset=dataset, processing_class=tokenizer)
+    return {**defaults, **kwargs, **(extra or {})}
+
+
+def _fit(trainer: Any, callback: TrainerCallback | None = None) -> Any:
     trainer.remove_callback(PrinterCallback)  # with tqdm off, it prints every log dict; the caller reports instead
+    if callback is not None:
+        trainer.add_callback(callback)
     trainer.train()
     return trainer
+
+
+def _train(
+    model: Any, output_dir: str, eta: float, steps: int, setup: MixCESetup, task: BigramTask, dataset, tokenizer
+) -> MixCETrainer:
+    args = MixCEConfig(
+        output_dir,
+        eta=eta,
+        **_lab_args(
+            max_steps=steps,
+            max_length=task.max_len + 1,
+            seed=setup.seed,
+            batch_size=setup.batch_size,
+            learning_rate=setup.learning_rate,
+            extra=setup.extra_args,
+        ),
+    )
+    return _fit(MixCETrainer(model, args=args, train_dataset=dataset, processing_class=tokenizer))
 
 
 def mixce_vs_mle(
@@ -143,26 +162,18 @@ def implicit_prm_vs_controls(setup: PRMSetup, output_dir: str, on_stage: Callabl
         os.path.join(output_dir, f"implicit-prm-{setup.loss_type}"),
         beta=setup.beta,
         loss_type=setup.loss_type,
-        num_train_epochs=setup.epochs,
-        per_device_train_batch_size=setup.batch_size,
-        learning_rate=setup.learning_rate,
-        lr_scheduler_type="constant",
-        max_length=64,
-        seed=setup.seed,
-        logging_steps=20,
-        save_strategy="no",
-        report_to="none",
-        bf16=False,
-        use_cpu=True,
-        gradient_checkpointing=False,
-        disable_tqdm=True,
+        **_lab_args(
+            num_train_epochs=setup.epochs,
+            max_length=64,
+            seed=setup.seed,
+            batch_size=setup.batch_size,
+            learning_rate=setup.learning_rate,
+        ),
     )
     labels = task.outcome_dataset(
         setup.num_labels, setup.seed + 5, setup.responses_per_prompt
     )  # the evaluation uses seeds 1000 and 1001
-    trainer = ImplicitPRMTrainer(ref_dir, args=args, train_dataset=labels, processing_class=tokenizer)
-    trainer.remove_callback(PrinterCallback)
-    trainer.train()
+    trainer = _fit(ImplicitPRMTrainer(ref_dir, args=args, train_dataset=labels, processing_class=tokenizer))
     if on_stage:
         on_stage("implicit PRM")
     prm = ImplicitPRM(
@@ -216,21 +227,14 @@ class DDOSetup:
 
 
 def _common_args(setup: DDOSetup, steps: int, **kwargs: Any) -> dict[str, Any]:
-    defaults = dict(
-        lr_scheduler_type="constant", per_device_train_batch_size=setup.batch_size, learning_rate=setup.learning_rate
-    )
-    return dict(
+    return _lab_args(
         max_steps=steps,
         max_length=setup.max_len + 1,
-        seed=setup.seed,  # same seed: same data order in every arm
-        logging_steps=steps,
-        save_strategy="no",
-        report_to="none",
-        bf16=False,
-        use_cpu=True,
-        gradient_checkpointing=False,
-        disable_tqdm=True,
-        **{**defaults, **kwargs, **setup.extra_args},
+        seed=setup.seed,
+        batch_size=setup.batch_size,
+        learning_rate=setup.learning_rate,
+        extra=setup.extra_args,
+        **kwargs,
     )
 
 
@@ -243,14 +247,6 @@ class _EvalEvery(TrainerCallback):
     def on_step_end(self, args, state, control, model=None, **kwargs):
         if state.global_step % self.every == 0:
             self.out[state.global_step] = self.evaluate(model)
-
-
-def _fit(trainer: Any, callback: TrainerCallback | None = None) -> Any:
-    trainer.remove_callback(PrinterCallback)  # with tqdm off, it prints every log dict; the caller reports instead
-    if callback is not None:
-        trainer.add_callback(callback)
-    trainer.train()
-    return trainer
 
 
 def ddo_vs_mle(
