@@ -53,7 +53,13 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:  # `benchmarks`, `tests.tiny` and `trl_likelihood` from a checkout, also in the workers
     sys.path.insert(0, ROOT)
 
-from benchmarks.speed_mixce import _make_callback, build_default_model, synthetic_corpus  # noqa: E402  (sets env)
+from benchmarks.speed_mixce import (  # noqa: E402  (sets env)
+    _make_callback,
+    build_default_model,
+    markdown_table,
+    synthetic_corpus,
+)
+from benchmarks.speed_mixce import summarize as summarize_ratios  # noqa: E402
 
 BASELINE = "KTO-apo"
 KTO_ARMS = {"apo_zero_unpaired": "KTO-apo", "kto": "KTO"}
@@ -168,37 +174,7 @@ def summarize(runs: list[dict[str, Any]], arms: list[str]) -> dict[str, dict[str
     params = {r["trainable_params"] for r in runs}
     if len(shapes) != 1 or len(params) != 1:
         raise RuntimeError(f"The arms did not train on the same batches or adapter: {shapes}, params {params}.")
-    summary: dict[str, dict[str, Any]] = {}
-    for arm in arms:
-        mine = [r for r in runs if r["arm"] == arm]
-        summary[arm] = {
-            "median_step_ms": statistics.median(ms for r in mine for ms in r["step_ms"]),
-            "median_step_cpu_ms": statistics.median(ms for r in mine for ms in r["step_cpu_ms"]),
-            "peak_mb": statistics.median(r["peak_mb"] for r in mine),
-            "per_repeat_step_ms": [statistics.median(r["step_ms"]) for r in mine],
-            "per_repeat_peak_mb": [r["peak_mb"] for r in mine],
-        }
-    base = summary[BASELINE]
-    for arm in arms:
-        summary[arm]["step_ratio"] = summary[arm]["median_step_ms"] / base["median_step_ms"]
-        summary[arm]["step_cpu_ratio"] = summary[arm]["median_step_cpu_ms"] / base["median_step_cpu_ms"]
-        summary[arm]["memory_ratio"] = summary[arm]["peak_mb"] / base["peak_mb"]
-    return summary
-
-
-def markdown_table(summary: dict[str, dict[str, Any]], arms: list[str], cpu_time: bool) -> str:
-    """arm, median step, (median CPU time per step,) peak memory, and the ratios to KTO without KL."""
-    columns = [("median step (ms)", "median_step_ms", ".1f")]
-    if cpu_time:  # on a CPU host shared with other jobs the wall time swings; the process's CPU time much less
-        columns.append(("median CPU time / step (ms)", "median_step_cpu_ms", ".1f"))
-    columns += [("peak memory (MB)", "peak_mb", ".1f"), (f"step ratio vs {BASELINE}", "step_ratio", ".3f")]
-    if cpu_time:
-        columns.append((f"CPU-time ratio vs {BASELINE}", "step_cpu_ratio", ".3f"))
-    columns.append((f"memory ratio vs {BASELINE}", "memory_ratio", ".3f"))
-    rows = ["| arm | " + " | ".join(c[0] for c in columns) + " |", "|---" + "|---:" * len(columns) + "|"]
-    for arm in arms:
-        rows.append(f"| {arm} | " + " | ".join(format(summary[arm][key], fmt) for _, key, fmt in columns) + " |")
-    return "\n".join(rows)
+    return summarize_ratios(runs, arms, BASELINE)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -282,7 +258,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         f"lora_r={args.lora_r} (all-linear, {runs[0]['trainable_params']} trainable params)"
     )
     print(f"memory: {runs[0]['memory_method']}")
-    print(markdown_table(summary, arms, cpu_time=args.device == "cpu"))
+    print(markdown_table(summary, cpu_time=args.device == "cpu", arms=arms, baseline=BASELINE))
     print(f"total wall time {elapsed:.0f} s")
     report = {"settings": vars(args), "summary": summary, "runs": runs, "wall_s": elapsed}
     if args.output_json:

@@ -33,6 +33,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
 from typing import Any
@@ -220,11 +221,13 @@ def run_arm(arm: str, model: str, opts: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def summarize(runs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+def summarize(
+    runs: list[dict[str, Any]], arms: Sequence[str] = ARMS, baseline: str = "SFT"
+) -> dict[str, dict[str, Any]]:
     """Median step time (wall and CPU) over every kept step of an arm, median peak memory over its repeats, and
-    each of them divided by SFT's."""
+    each of them divided by the baseline arm's (shared by the other ``speed_*`` benchmarks)."""
     summary: dict[str, dict[str, Any]] = {}
-    for arm in ARMS:
+    for arm in arms:
         mine = [r for r in runs if r["arm"] == arm]
         summary[arm] = {
             "median_step_ms": statistics.median(ms for r in mine for ms in r["step_ms"]),
@@ -233,25 +236,27 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
             "per_repeat_step_ms": [statistics.median(r["step_ms"]) for r in mine],
             "per_repeat_peak_mb": [r["peak_mb"] for r in mine],
         }
-    sft = summary["SFT"]
-    for arm in ARMS:
-        summary[arm]["step_ratio"] = summary[arm]["median_step_ms"] / sft["median_step_ms"]
-        summary[arm]["step_cpu_ratio"] = summary[arm]["median_step_cpu_ms"] / sft["median_step_cpu_ms"]
-        summary[arm]["memory_ratio"] = summary[arm]["peak_mb"] / sft["peak_mb"]
+    base = summary[baseline]
+    for arm in arms:
+        summary[arm]["step_ratio"] = summary[arm]["median_step_ms"] / base["median_step_ms"]
+        summary[arm]["step_cpu_ratio"] = summary[arm]["median_step_cpu_ms"] / base["median_step_cpu_ms"]
+        summary[arm]["memory_ratio"] = summary[arm]["peak_mb"] / base["peak_mb"]
     return summary
 
 
-def markdown_table(summary: dict[str, dict[str, Any]], cpu_time: bool) -> str:
-    """arm, median step, (median CPU time per step,) peak memory, and the ratios to SFT."""
+def markdown_table(
+    summary: dict[str, dict[str, Any]], cpu_time: bool, arms: Sequence[str] = ARMS, baseline: str = "SFT"
+) -> str:
+    """arm, median step, (median CPU time per step,) peak memory, and the ratios to the baseline arm."""
     columns = [("median step (ms)", "median_step_ms", ".1f")]
     if cpu_time:  # on a CPU host shared with other jobs the wall time swings; the process's CPU time much less
         columns.append(("median CPU time / step (ms)", "median_step_cpu_ms", ".1f"))
-    columns += [("peak memory (MB)", "peak_mb", ".1f"), ("step ratio vs SFT", "step_ratio", ".3f")]
+    columns += [("peak memory (MB)", "peak_mb", ".1f"), (f"step ratio vs {baseline}", "step_ratio", ".3f")]
     if cpu_time:
-        columns.append(("CPU-time ratio vs SFT", "step_cpu_ratio", ".3f"))
-    columns.append(("memory ratio vs SFT", "memory_ratio", ".3f"))
+        columns.append((f"CPU-time ratio vs {baseline}", "step_cpu_ratio", ".3f"))
+    columns.append((f"memory ratio vs {baseline}", "memory_ratio", ".3f"))
     rows = ["| arm | " + " | ".join(c[0] for c in columns) + " |", "|---" + "|---:" * len(columns) + "|"]
-    for arm in ARMS:
+    for arm in arms:
         rows.append(f"| {arm} | " + " | ".join(format(summary[arm][key], fmt) for _, key, fmt in columns) + " |")
     return "\n".join(rows)
 
