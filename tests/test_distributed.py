@@ -69,9 +69,10 @@ def config(tmp_path_factory, tiny_model_dir) -> str:
     return str(path)
 
 
-def _run(cmd: list[str], output_dir: str) -> subprocess.CompletedProcess:
+def _run(cmd: list[str], output_dir: str, timeout: int = 240) -> subprocess.CompletedProcess:
+    """Run to the end within ``timeout`` seconds: a rank left waiting on the other fails the test."""
     proc = subprocess.run(
-        [*cmd, "--output_dir", output_dir], env=_env(), cwd=REPO, capture_output=True, text=True, timeout=240
+        [*cmd, "--output_dir", output_dir], env=_env(), cwd=REPO, capture_output=True, text=True, timeout=timeout
     )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     return proc

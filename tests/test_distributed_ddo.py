@@ -21,14 +21,13 @@ from __future__ import annotations
 import json
 import math
 import os
-import subprocess
 import sys
 
 import pytest
 import yaml
 
 from tests.conftest import cpu_args
-from tests.test_distributed import ACCELERATE, REPO, _env, _free_port
+from tests.test_distributed import REPO, _launch_two, _run, _train_logs
 
 SCRIPT = os.path.join(REPO, "trainers", "ddo.py")
 ROWS, BATCH, ALPHA, BETA = 16, 2, 1.0, 0.5
@@ -58,28 +57,6 @@ def config(tmp_path_factory, tiny_model_dir) -> str:
     return str(path)
 
 
-def _run(cmd: list[str], output_dir: str) -> subprocess.CompletedProcess:
-    """Run to the end within a timeout (each run takes ~15 s here): a rank left waiting on the other fails the test."""
-    proc = subprocess.run(
-        [*cmd, "--output_dir", output_dir], env=_env(), cwd=REPO, capture_output=True, text=True, timeout=180
-    )
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
-    return proc
-
-
-def _launch_two(config: str) -> list[str]:
-    return [
-        *(ACCELERATE, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1"),  # gloo on CPU
-        *("--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(_free_port())),
-        *(SCRIPT, "--config", config),
-    ]
-
-
-def _train_logs(output_dir: str) -> list[dict]:
-    state = json.load(open(os.path.join(output_dir, "trainer_state.json")))
-    return [h for h in state["log_history"] if "loss" in h]
-
-
 def _check_run(logs: list[dict]) -> None:
     assert [h["step"] for h in logs] == [1, 2]
     for h in logs:
@@ -96,8 +73,10 @@ def _check_run(logs: list[dict]) -> None:
 
 def test_ddo_two_processes_on_cpu(config, tmp_path):
     one, two = str(tmp_path / "one"), str(tmp_path / "two")
-    _run([sys.executable, SCRIPT, "--config", config], one)
-    proc = _run(_launch_two(config), two)  # under a timeout: a rank waiting forever fails the test
+    _run([sys.executable, SCRIPT, "--config", config], one, timeout=180)  # ~15 s each here
+    proc = _run(
+        _launch_two(SCRIPT, config), two, timeout=180
+    )  # under a timeout: a rank waiting forever fails the test
 
     files = os.listdir(two)
     assert files.count("adapter_model.safetensors") == 1 and files.count("README.md") == 1
