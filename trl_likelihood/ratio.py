@@ -56,10 +56,15 @@ def token_logps(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> Token
     return TokenLogps(outputs.log_probs.float(), outputs.label_mask, outputs)
 
 
+def unwrap_ddp(model: torch.nn.Module) -> torch.nn.Module:
+    """The model inside a ``DistributedDataParallel`` wrapper (the model itself when not wrapped)."""
+    return model.module if hasattr(model, "module") else model
+
+
 @contextlib.contextmanager
 def adapter_disabled(model: torch.nn.Module):
     """Run the PEFT ``model`` as its base model (the implicit reference), then restore the adapter."""
-    unwrapped = model.module if hasattr(model, "module") else model  # DDP
+    unwrapped = unwrap_ddp(model)
     with unwrapped.disable_adapter():
         yield unwrapped
 
@@ -72,7 +77,7 @@ class Reference:
             self.kind = "precomputed"
         elif ref_model is not None:
             self.kind = "model"
-        elif is_peft_model(policy.module if hasattr(policy, "module") else policy):
+        elif _compat.is_peft(policy):
             self.kind = "adapter"
         else:
             raise ValueError(
@@ -100,8 +105,7 @@ class Reference:
 def trainable_snapshot(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     """Copies of the trainable weights (the adapter, under PEFT). With ``weights_swapped`` they are a frozen reference
     that costs one adapter of memory instead of a second model (DDO's self-play rounds)."""
-    unwrapped = model.module if hasattr(model, "module") else model  # DDP
-    return {n: p.detach().clone() for n, p in unwrapped.named_parameters() if p.requires_grad}
+    return {n: p.detach().clone() for n, p in unwrap_ddp(model).named_parameters() if p.requires_grad}
 
 
 @contextlib.contextmanager
@@ -111,7 +115,7 @@ def weights_swapped(model: torch.nn.Module, weights: dict[str, torch.Tensor]):
     It writes into the (trainable) tensors, so use it before the step's policy forward, never between that forward and
     its backward.
     """
-    unwrapped = model.module if hasattr(model, "module") else model  # DDP
+    unwrapped = unwrap_ddp(model)
     params = dict(unwrapped.named_parameters())
     current = {n: params[n].detach().clone() for n in weights}
     try:
