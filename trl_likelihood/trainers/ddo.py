@@ -346,7 +346,8 @@ class DDOTrainer(CardMixin, LossOnlyEvaluation, SFTTrainer):
                     real,
                 )
         self._rows[mode] = []
-        self._times = {"sampling": 0.0, "step": 0.0}
+        if mode == "train":  # an evaluation log must not cut the training window the sampling share covers
+            self._times = {"sampling": 0.0, "step": 0.0}
         super().log(logs, start_time)
 
     # ------------------------------------------------------------------ card
