@@ -16,12 +16,9 @@ def binary_auroc(scores: torch.Tensor, labels: torch.Tensor) -> float:
         return float("nan")
     order = torch.argsort(scores)
     sorted_scores = scores[order]
+    _, inverse, counts = torch.unique(sorted_scores, return_inverse=True, return_counts=True)
+    mid = torch.cumsum(counts, 0).double() - (counts.double() - 1) / 2  # 1-based rank of each value, ties averaged
     ranks = torch.empty_like(scores)
-    ranks[order] = torch.arange(1, len(scores) + 1, dtype=torch.float64)
-    # mid-ranks for ties
-    unique, inverse, counts = torch.unique(sorted_scores, return_inverse=True, return_counts=True)
-    ends = torch.cumsum(counts, 0).double()
-    mid = ends - (counts.double() - 1) / 2
     ranks[order] = mid[inverse]
     u = ranks[labels].sum() - n_pos * (n_pos + 1) / 2
     return (u / (n_pos * n_neg)).item()
