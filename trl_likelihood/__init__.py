@@ -17,36 +17,71 @@ _EXPORTS = {
     "ImplicitPRMTrainer": ".trainers",
     "MixCEConfig": ".trainers",
     "MixCETrainer": ".trainers",
+    "SequenceMatchConfig": ".trainers",
+    "SequenceMatchTrainer": ".trainers",
     "ImplicitPRM": ".scoring",
+    "LikelihoodDiagnosticsCallback": ".diagnostics",
+    "likelihood_ratio_score": ".scoring",
+    "BackspaceSamples": ".generation",
     "StepScores": ".scoring",
     "ddo_loss": ".losses",
     "implicit_prm_dpo_loss": ".losses",
     "implicit_prm_loss": ".losses",
     "mixce_loss": ".losses",
     "mixce_token_loss": ".losses",
+    "sequencematch_loss": ".losses",
+    "sample_with_backspace": ".generation",
+    "apply_backspaces": ".backspace",
 }
 
 __all__ = [
+    "BackspaceSamples",
     "DDOConfig",
     "DDOTrainer",
     "ImplicitPRM",
     "ImplicitPRMConfig",
     "ImplicitPRMTrainer",
+    "LikelihoodDiagnosticsCallback",
     "MixCEConfig",
     "MixCETrainer",
+    "SequenceMatchConfig",
+    "SequenceMatchTrainer",
     "StepScores",
     "__version__",
     "ddo_loss",
     "implicit_prm_dpo_loss",
     "implicit_prm_loss",
+    "likelihood_ratio_score",
     "mixce_loss",
     "mixce_token_loss",
+    "sample_with_backspace",
+    "apply_backspaces",
+    "sequencematch_loss",
 ]
 
 if TYPE_CHECKING:
-    from .losses import ddo_loss, implicit_prm_dpo_loss, implicit_prm_loss, mixce_loss, mixce_token_loss
-    from .scoring import ImplicitPRM, StepScores
-    from .trainers import DDOConfig, DDOTrainer, ImplicitPRMConfig, ImplicitPRMTrainer, MixCEConfig, MixCETrainer
+    from .backspace import apply_backspaces
+    from .diagnostics import LikelihoodDiagnosticsCallback
+    from .generation import BackspaceSamples, sample_with_backspace
+    from .losses import (
+        ddo_loss,
+        implicit_prm_dpo_loss,
+        implicit_prm_loss,
+        mixce_loss,
+        mixce_token_loss,
+        sequencematch_loss,
+    )
+    from .scoring import ImplicitPRM, StepScores, likelihood_ratio_score
+    from .trainers import (
+        DDOConfig,
+        DDOTrainer,
+        ImplicitPRMConfig,
+        ImplicitPRMTrainer,
+        MixCEConfig,
+        MixCETrainer,
+        SequenceMatchConfig,
+        SequenceMatchTrainer,
+    )
 
 
 def __getattr__(name: str) -> Any:

@@ -38,7 +38,7 @@ from accelerate.utils import is_peft_model
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
 from transformers.utils.peft_utils import find_adapter_config_file
 
-from .ratio import adapter_disabled, ensure_fused_head, token_logps
+from .ratio import adapter_disabled, ensure_fused_head, token_logps, unwrap_ddp
 
 AGGREGATES = ("min", "sum", "last", "min_q")
 Prompt = str | list[dict[str, Any]]  # plain text, or chat messages
@@ -352,3 +352,118 @@ def _candidates(candidates: list[list[str]]) -> list[list[str]]:
     if not isinstance(candidates, list) or not candidates or not all(isinstance(c, list) for c in candidates):
         raise ValueError("`candidates` must be a non-empty list of responses, each a list of step strings.")
     return candidates
+
+
+# ---------------------------------------------------------------------- whole-sequence likelihoods and their ratio
+Sequences = list[str] | list[list[int]]
+
+
+def _token_rows(sequences: Sequences, tokenizer: PreTrainedTokenizerBase | None) -> list[list[int]]:
+    """Token ids per sequence: texts go through ``tokenizer`` (special tokens added, as the model saw them)."""
+    if not isinstance(sequences, list) or not sequences:  # a padded tensor would score its padding: not accepted
+        raise ValueError("`texts` must be a non-empty list of strings or of token-id lists (without padding).")
+    if all(isinstance(s, str) for s in sequences):
+        if tokenizer is None:
+            raise ValueError("`texts` holds strings: pass the `tokenizer` that turns them into the model's ids.")
+        return [list(ids) for ids in tokenizer(sequences)["input_ids"]]
+    if not all(isinstance(s, list) and all(isinstance(t, int) for t in s) for s in sequences):
+        raise ValueError("`texts` must be all strings or all lists of token ids, not a mix.")
+    return sequences
+
+
+def _padded_batch(rows: list[list[int]], device: torch.device) -> dict[str, torch.Tensor]:
+    """Right-padded ``input_ids``/``attention_mask``/``labels``; every token after the first is scored."""
+    length = max(len(r) for r in rows)
+    input_ids = torch.zeros(len(rows), length, dtype=torch.long)
+    attention_mask = torch.zeros_like(input_ids)
+    for i, r in enumerate(rows):
+        input_ids[i, : len(r)] = torch.tensor(r, dtype=torch.long)
+        attention_mask[i, : len(r)] = 1
+    labels = input_ids.masked_fill(attention_mask == 0, -100)  # the pad id never matters: its label is ignored
+    return {
+        "input_ids": input_ids.to(device),
+        "attention_mask": attention_mask.to(device),
+        "labels": labels.to(device),
+    }
+
+
+@torch.no_grad()
+def sequence_log_likelihood(
+    model: torch.nn.Module,
+    texts: Sequences,
+    tokenizer: PreTrainedTokenizerBase | None = None,
+    *,
+    batch_size: int = 8,
+    reference_adapter_disabled: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``log p(x)`` of each sequence under a causal LM, and how many tokens it sums over.
+
+    Args:
+        model: a causal LM (or a PEFT model); it is patched once with TRL's fused head (``ratio.ensure_fused_head``)
+            and put back in its train/eval mode afterwards.
+        texts: strings (tokenised with ``tokenizer``, special tokens added) or lists of token ids (used as given).
+            The first token has no context and is not scored; every later one is. No EOS is appended.
+        reference_adapter_disabled: score with the PEFT adapter disabled (the base model).
+
+    Returns:
+        ``(log_p, num_tokens)``, both ``(n,)``: float64 sums of fp32 token log-probs, in nats, and long counts.
+    """
+    rows = _token_rows(texts, tokenizer)
+    if any(len(r) < 2 for r in rows):
+        raise ValueError("Every sequence needs at least two tokens: the first one is only context.")
+    ensure_fused_head(model)
+    device, was_training = next(model.parameters()).device, model.training
+    model.eval()  # no dropout while scoring
+    sums, counts = [], []
+    try:
+        for start in range(0, len(rows), batch_size):
+            batch = _padded_batch(rows[start : start + batch_size], device)
+            if reference_adapter_disabled:
+                with adapter_disabled(model) as base:
+                    lp = token_logps(base, batch)
+            else:
+                lp = token_logps(model, batch)
+            sums.append(lp.logps.double().sum(-1).cpu())  # unscored positions hold 0
+            counts.append(lp.mask.sum(-1).cpu())
+    finally:
+        model.train(was_training)
+    return torch.cat(sums), torch.cat(counts)
+
+
+def likelihood_ratio_score(
+    model: torch.nn.Module,
+    reference: torch.nn.Module | None,
+    texts: Sequences,
+    tokenizer: PreTrainedTokenizerBase | None = None,
+    *,
+    normalize: bool = False,
+    batch_size: int = 8,
+) -> torch.Tensor:
+    """Per-sequence ``log p_model(x) - log p_ref(x)``: an out-of-distribution score for a fine-tuned model.
+
+    Fine-tuning raises the likelihood of sequences like its data relative to the base model, so the ratio is higher
+    for in-distribution text than for text the fine-tuning never saw; the base's own preference for generic text
+    cancels out, which ``log p_model`` alone does not do.
+
+    Args:
+        model: the fine-tuned causal LM (or PEFT model).
+        reference: the base model; ``None`` with a PEFT ``model`` means the base is ``model`` with its adapter
+            disabled (one model in memory). Both must share the tokenizer.
+        texts: strings (with ``tokenizer``) or token-id lists; all tokens but the first are scored, as in
+            ``sequence_log_likelihood``.
+        normalize: divide by the number of scored tokens (a per-token mean), so that long sequences do not dominate.
+
+    Returns:
+        ``(n,)`` float64, in nats (per token with ``normalize``); higher means more like the fine-tuning data.
+    """
+    if reference is None and not is_peft_model(unwrap_ddp(model)):
+        raise ValueError("`reference=None` needs a PEFT model (the base is the model with its adapter disabled).")
+    log_p, num_tokens = sequence_log_likelihood(model, texts, tokenizer, batch_size=batch_size)
+    if reference is None:
+        ref_log_p, _ = sequence_log_likelihood(
+            model, texts, tokenizer, batch_size=batch_size, reference_adapter_disabled=True
+        )
+    else:
+        ref_log_p, _ = sequence_log_likelihood(reference, texts, tokenizer, batch_size=batch_size)
+    ratio = log_p - ref_log_p
+    return ratio / num_tokens if normalize else ratio

@@ -1,0 +1,36 @@
+"""First-error localisation: does the lowest-scored step of a response with one error point at it?"""
+
+import datasets
+import evaluate
+
+from trl_likelihood.lab.text_metrics import first_error_localisation
+
+_DESCRIPTION = """Over responses with exactly one wrong step, the share whose lowest-scored step is the wrong one;
+ties split the credit (a constant scorer gets 1/K on K-step responses). Responses with no error or several are
+skipped."""
+
+_KWARGS_DESCRIPTION = """
+Args:
+    predictions: per response, the score of each step.
+    references: per response, 1 for each locally correct step and 0 for each wrong one.
+Returns:
+    localisation: in [0, 1]; nan when no response has exactly one wrong step.
+"""
+
+
+@evaluate.utils.file_utils.add_start_docstrings(_DESCRIPTION, _KWARGS_DESCRIPTION)
+class FirstErrorLocalisation(evaluate.Metric):
+    def _info(self) -> evaluate.MetricInfo:
+        scores = datasets.Sequence(datasets.Value("float64"))
+        return evaluate.MetricInfo(
+            description=_DESCRIPTION,
+            citation="",
+            inputs_description=_KWARGS_DESCRIPTION,
+            features=[  # labels as 0/1 or as bools
+                datasets.Features({"predictions": scores, "references": datasets.Sequence(datasets.Value(kind))})
+                for kind in ("int64", "bool")
+            ],
+        )
+
+    def _compute(self, predictions: list, references: list) -> dict[str, float]:
+        return {"localisation": first_error_localisation(predictions, references)}
