@@ -38,7 +38,16 @@ from trl import (
 from .data import hub_dataset_id, load_training_dataset
 from .entry import METHOD_HELP, PROG
 from .entry import main as entry_main
-from .trainers import DDOConfig, DDOTrainer, ImplicitPRMConfig, ImplicitPRMTrainer, MixCEConfig, MixCETrainer
+from .trainers import (
+    DDOConfig,
+    DDOTrainer,
+    ImplicitPRMConfig,
+    ImplicitPRMTrainer,
+    MixCEConfig,
+    MixCETrainer,
+    SequenceMatchConfig,
+    SequenceMatchTrainer,
+)
 
 logger = get_logger(__name__)
 
@@ -62,6 +71,7 @@ _CLASSES = {
     "mixce": (MixCEConfig, MixCETrainer),
     "implicit-prm": (ImplicitPRMConfig, ImplicitPRMTrainer),
     "ddo": (DDOConfig, DDOTrainer),
+    "sequencematch": (SequenceMatchConfig, SequenceMatchTrainer),
 }
 METHODS: dict[str, Method] = {
     name: Method(config_class=config, trainer_class=trainer, help=METHOD_HELP[name][0], replaces=METHOD_HELP[name][1])

@@ -29,6 +29,11 @@ METHOD_HELP: dict[str, tuple[str, str]] = {
         "self-play rounds (--alpha, --beta, --num_rounds); language-modeling or prompt-completion data.",
         "sft",
     ),
+    "sequencematch": (
+        "SequenceMatch: a <bkspc> action, logits as soft Q-values, chi^2-mixture occupancy matching on data and "
+        "on-policy rollouts (--noise_prob, --chi2_coef, --sm_weight); language-modeling or prompt-completion data.",
+        "sft",
+    ),
 }
 
 

@@ -6,6 +6,9 @@ All arithmetic is done in fp32, whatever the input dtype. Maths and sources: ALG
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 
@@ -156,3 +159,244 @@ def ddo_loss(
     real_term = -F.logsigmoid(beta * d_real).mean()
     fake_term = -F.logsigmoid(-beta * d_fake).mean()
     return (real_term + alpha * fake_term) / max(alpha, 1.0)
+
+
+# --- SequenceMatch (ALGORITHMS.md 3) ---------------------------------------------------------------------------------
+
+_SM_DIVERGENCES = ("chi2", "kl")
+_SM_TERMINALS = ("absorbing", "zero")
+_KL_MAX_EXPONENT = 30.0  # caps the detached KL weight exp(-r - 1) at ~1e13, so r << 0 cannot overflow it to inf
+
+
+@dataclass
+class SequenceMatchTerms:
+    """What [`sequencematch_loss`] returns: the loss with its graph, and detached fp32 scalars for logging.
+
+    ``loss == linear + value + chi2_coef * chi2`` (values). ``linear`` is the data term as it enters the loss (so
+    ``-E_data[phi-weighted r]``), ``value`` the value term and ``chi2`` the un-weighted chi^2 term. ``expert_reward``
+    and ``rollout_reward`` are the mean of each row's normalised reward ``sum g r / W`` over data and model rows
+    (``nan`` when there is no such row); ``expert_value`` is the mean ``V(u_0)`` over data rows, the absolute logit
+    level that drifts under this loss (ALGORITHMS.md 3(g)).
+    """
+
+    loss: torch.Tensor
+    linear: torch.Tensor
+    value: torch.Tensor
+    chi2: torch.Tensor
+    expert_reward: torch.Tensor
+    rollout_reward: torch.Tensor
+    expert_value: torch.Tensor
+
+
+def _check_sequencematch_args(
+    state_logits: torch.Tensor,
+    actions: torch.Tensor,
+    action_mask: torch.Tensor,
+    terminated: torch.Tensor,
+    is_data: torch.Tensor,
+    gamma: float,
+    chi2_coef: float,
+    divergence: str,
+    terminal: str,
+    eos_token_id: int | None,
+) -> None:
+    """Reject bad shapes and hyperparameters before any arithmetic, naming the argument."""
+    if (
+        state_logits.dim() != 3
+        or actions.dim() != 2
+        or state_logits.shape[:2] != (actions.shape[0], actions.shape[1] + 1)
+    ):
+        raise ValueError(
+            f"Expected state_logits (B, T+1, V) and actions (B, T); got {tuple(state_logits.shape)} and "
+            f"{tuple(actions.shape)}."
+        )
+    if action_mask.shape != actions.shape:
+        raise ValueError(
+            f"`action_mask` must have the shape of `actions` {tuple(actions.shape)}, got {tuple(action_mask.shape)}."
+        )
+    for name, flags in (("terminated", terminated), ("is_data", is_data)):
+        if flags.shape != actions.shape[:1]:
+            raise ValueError(f"`{name}` must have shape ({actions.shape[0]},), got {tuple(flags.shape)}.")
+    if isinstance(gamma, bool) or not 0.0 < gamma <= 1.0:
+        raise ValueError(f"`gamma` (discount) must be in (0, 1], got {gamma!r}.")
+    if isinstance(chi2_coef, bool) or not chi2_coef >= 0.0:
+        raise ValueError(f"`chi2_coef` (weight of the chi^2 term) must be >= 0, got {chi2_coef!r}.")
+    if divergence not in _SM_DIVERGENCES:
+        raise ValueError(f"`divergence` must be one of {_SM_DIVERGENCES}, got {divergence!r}.")
+    if terminal not in _SM_TERMINALS:
+        raise ValueError(f"`terminal` must be one of {_SM_TERMINALS}, got {terminal!r}.")
+    if terminal == "absorbing" and eos_token_id is None:
+        raise ValueError('`eos_token_id` is required with terminal="absorbing" (the self-loop action).')
+
+
+def _resolve_horizon(horizon: int | None, n_steps: torch.Tensor, width: int) -> int:
+    """The padded length of the absorbing tail: ``width`` (T) by default; it must cover every row's ``T_b``."""
+    if horizon is None:
+        return width
+    if isinstance(horizon, bool) or not isinstance(horizon, int) or horizon < 0:
+        raise ValueError(f"`horizon` must be a non-negative int, got {horizon!r}.")
+    if horizon < width and n_steps.numel() and horizon < int(n_steps.max()):  # a host sync only in this case
+        raise ValueError(f"`horizon` ({horizon}) is shorter than a row's {int(n_steps.max())} real steps.")
+    return horizon
+
+
+def _tail_weight(start: torch.Tensor, horizon: int, gamma: float) -> torch.Tensor:
+    """``sum_{i=start}^{horizon-1} gamma**i`` in closed form, fp32; ``expm1`` keeps it accurate for gamma near 1."""
+    start = start.float()
+    if gamma == 1.0:
+        return horizon - start
+    log_gamma = math.log(gamma)
+    return torch.exp(start * log_gamma) * torch.expm1((horizon - start) * log_gamma) / math.expm1(log_gamma)
+
+
+def _row_means(
+    per_step: torch.Tensor, weights: torch.Tensor, tail: torch.Tensor, tail_weight: torch.Tensor, total: torch.Tensor
+) -> torch.Tensor:
+    """Per row ``(sum_i g_i x_i + tail_weight * x_tail) / W``: ``(B, T)``, ``(B, T)``, ``(B,)``, ``(B,)``, ``(B,)``."""
+    tail_sum = torch.where(tail_weight > 0, tail_weight * tail, torch.zeros_like(tail))  # no 0 * inf outside tails
+    return ((weights * per_step).sum(-1) + tail_sum) / total
+
+
+def _masked_mean(values: torch.Tensor, keep: torch.Tensor, empty: float) -> torch.Tensor:
+    """Mean of ``values`` over ``keep``; ``empty`` when nothing is kept."""
+    count = keep.sum()
+    mean = values.masked_fill(~keep, 0.0).sum() / count.clamp(min=1)
+    return torch.where(count > 0, mean, torch.full_like(mean, empty))
+
+
+def sequencematch_loss(
+    state_logits: torch.Tensor,
+    actions: torch.Tensor,
+    action_mask: torch.Tensor,
+    terminated: torch.Tensor,
+    is_data: torch.Tensor,
+    *,
+    gamma: float,
+    chi2_coef: float = 0.5,
+    divergence: str = "chi2",
+    terminal: str = "absorbing",
+    eos_token_id: int | None,
+    horizon: int | None = None,
+) -> SequenceMatchTerms:
+    r"""SequenceMatch loss: inverse soft-Q learning on the logits, over data and model trajectories.
+
+    Cundy & Ermon, "SequenceMatch: Imitation Learning for Autoregressive Sequence Modelling with Backtracking",
+    ICLR 2024, arXiv:2306.05426 (ALGORITHMS.md 3(a), 3(b), 3(f)). Per row with ``T_b`` real steps::
+
+        Q_i = logit of a_i at u_i,  V_i = logsumexp(logits at u_i),  Vn_i = V_{i+1},  g_i = gamma**i
+        r_i = Q_i - gamma * Vn_i,   dV_i = V_i - gamma * Vn_i
+        loss = -mean_data(sum g phi'(r) r / W) + mean_all(sum g dV / W) + chi2_coef * mean_all(sum g r^2 / W)
+
+    ``W`` is the row's total weight ``sum g`` (tail included). ``divergence="chi2"`` uses ``phi'(r) = 1`` (the
+    quadratic part of ``phi(x) = x - x^2/4`` is the chi^2-mixture term); ``"kl"`` uses IQ-Learn's detached gradient
+    weight ``exp(-r - 1)``. Terminated rows (last action EOS): ``terminal="zero"`` sets the value after EOS to 0;
+    ``"absorbing"`` makes ``u_{T_b}`` (the logits at the EOS position) an absorbing state whose self-loop action EOS
+    is taken at steps ``T_b .. horizon - 1`` (``r = Q(EOS) - gamma V``, ``dV = (1 - gamma) V``, weights summed in
+    closed form), so a constant shift ``c`` of all logits moves every ``r`` by only ``(1 - gamma) c``. Truncated rows
+    bootstrap from ``V(u_{T_b})``, with no tail. Noise tokens are part of the transitions (variant A): never steps.
+
+    Args:
+        state_logits: ``(B, T+1, V)`` next-token logits at the decision states ``u_0 .. u_T`` (any float dtype;
+            fp32 here). Padded states must hold finite values (``collate_states`` repeats position 0 there).
+        actions: ``(B, T)`` the action taken at each state (``<bkspc>`` included); padding is ignored.
+        action_mask: ``(B, T)`` true on the ``T_b`` real steps, left-aligned.
+        terminated: ``(B,)`` true where the row ended with EOS (a finished sequence), false for a truncated rollout.
+        is_data: ``(B,)`` true for (noise-augmented) data rows, false for model rollouts from the replay buffer.
+        gamma: discount in ``(0, 1]``. chi2_coef: weight of the chi^2-mixture term, ``>= 0`` (1/4 to 1/2 is the
+            natural scale, 3(a)). eos_token_id: the self-loop action of the absorbing state.
+        horizon: length the absorbing tail is padded to; defaults to ``T`` and must be ``>= T_b`` for every row.
+
+    Returns:
+        [`SequenceMatchTerms`]. Nothing inside the loss is detached except the KL weight. Identity (tested): with
+        ``chi2_coef=0`` and data rows only, ``loss`` is the discounted NLL ``mean_b sum_i g_i (-log pi(a_i|u_i)) / W``,
+        the absorbing tail adding its ``-log pi(EOS | u_{T_b})`` terms.
+    """
+    _check_sequencematch_args(
+        state_logits, actions, action_mask, terminated, is_data, gamma, chi2_coef, divergence, terminal, eos_token_id
+    )
+    logits = state_logits.float()
+    batch, width = actions.shape
+    steps = action_mask.bool()
+    n_steps = steps.sum(-1)  # T_b
+    horizon = _resolve_horizon(horizon, n_steps, width)
+    rows = torch.arange(batch, device=logits.device)
+
+    values = torch.logsumexp(logits, dim=-1)  # (B, T+1) V(u_i)
+    q = logits[:, :-1].gather(-1, actions.masked_fill(~steps, 0).unsqueeze(-1)).squeeze(-1)  # (B, T)
+    done = terminated.bool()
+    is_last = steps & (torch.arange(width, device=logits.device) == (n_steps - 1).unsqueeze(-1))
+    next_values = values[:, 1:]
+    if terminal == "zero":
+        next_values = next_values.masked_fill(is_last & done.unsqueeze(-1), 0.0)
+    rewards = (q - gamma * next_values).masked_fill(~steps, 0.0)  # padding may hold anything; keep it out
+    dvalues = (values[:, :-1] - gamma * next_values).masked_fill(~steps, 0.0)
+    discounts = torch.exp(torch.arange(width, device=logits.device, dtype=torch.float32) * math.log(gamma))
+    weights = discounts.expand(batch, width).masked_fill(~steps, 0.0)
+
+    tail_weight = torch.zeros(batch, device=logits.device)
+    v_abs, tail_rewards = values[rows, n_steps], torch.zeros(batch, device=logits.device)
+    if terminal == "absorbing":
+        tail_weight = torch.where(done, _tail_weight(n_steps, horizon, gamma), tail_weight)
+        tail_rewards = logits[rows, n_steps, eos_token_id] - gamma * v_abs
+    total = (weights.sum(-1) + tail_weight).clamp(min=torch.finfo(torch.float32).tiny)  # W_b; an empty row gives 0
+
+    phi_grad, tail_phi_grad = torch.ones_like(rewards), torch.ones_like(tail_rewards)
+    if divergence == "kl":  # IQ-Learn: d phi(r) = exp(-r - 1) dr, applied as a detached weight on r
+        phi_grad = torch.exp((-rewards.detach() - 1.0).clamp(max=_KL_MAX_EXPONENT))
+        tail_phi_grad = torch.exp((-tail_rewards.detach() - 1.0).clamp(max=_KL_MAX_EXPONENT))
+    data = is_data.bool()
+    linear_rows = _row_means(phi_grad * rewards, weights, tail_phi_grad * tail_rewards, tail_weight, total)
+    value_rows = _row_means(dvalues, weights, (1.0 - gamma) * v_abs, tail_weight, total)
+    chi2_rows = _row_means(rewards.square(), weights, tail_rewards.square(), tail_weight, total)
+    linear = -_masked_mean(linear_rows, data, empty=0.0)
+    value, chi2 = value_rows.mean(), chi2_rows.mean()
+
+    reward_rows = _row_means(rewards, weights, tail_rewards, tail_weight, total).detach()
+    return SequenceMatchTerms(
+        loss=linear + value + chi2_coef * chi2,
+        linear=linear.detach(),
+        value=value.detach(),
+        chi2=chi2.detach(),
+        expert_reward=_masked_mean(reward_rows, data, empty=math.nan),
+        rollout_reward=_masked_mean(reward_rows, ~data, empty=math.nan),
+        expert_value=_masked_mean(values[:, 0].detach(), data, empty=math.nan),
+    )
+
+
+def action_nll(
+    state_logits: torch.Tensor,
+    actions: torch.Tensor,
+    action_mask: torch.Tensor,
+    num_tokens: torch.Tensor | int | None = None,
+    reduction: str = "token",
+) -> torch.Tensor:
+    r"""BC loss: the NLL ``-log pi(a_i | u_i)`` of the real action steps (``<bkspc>`` targets included; noise never).
+
+    Args:
+        state_logits: ``(B, T+1, V)`` logits at the decision states (the last state is not used here).
+        actions: ``(B, T)``. action_mask: ``(B, T)``, true on real steps.
+        num_tokens: divisor of the ``"token"`` reduction; ``None`` is ``action_mask.sum()``. Trainers may pass a
+            global count.
+        reduction: ``"token"``, the mean over every real step of the batch (SFT's normalisation); ``"sequence"``, the
+            mean over rows of each row's per-step mean, which weighs trajectories alike, as ``sequencematch_loss``
+            does, so that gradient accumulation and several processes match one big batch of equal-size shares.
+
+    Returns:
+        A scalar in fp32; an all-padding batch gives 0.
+    """
+    if state_logits.dim() != 3 or state_logits.shape[:2] != (actions.shape[0], actions.shape[1] + 1):
+        raise ValueError(
+            f"Expected state_logits (B, T+1, V) and actions (B, T); got {tuple(state_logits.shape)} and "
+            f"{tuple(actions.shape)}."
+        )
+    if reduction not in ("token", "sequence"):
+        raise ValueError(f"`reduction` must be 'token' or 'sequence', got {reduction!r}.")
+    keep = action_mask.bool()
+    logprobs = torch.log_softmax(state_logits[:, :-1].float(), dim=-1)
+    logps = logprobs.gather(-1, actions.masked_fill(~keep, 0).unsqueeze(-1)).squeeze(-1).masked_fill(~keep, 0.0)
+    if reduction == "sequence":
+        rows = keep.any(-1)
+        per_row = -logps.sum(-1) / keep.sum(-1).clamp(min=1)
+        return per_row[rows].sum() / rows.sum().clamp(min=1)
+    denom = keep.sum() if num_tokens is None else torch.as_tensor(num_tokens, device=logps.device)
+    return -logps.sum() / denom.clamp(min=1)

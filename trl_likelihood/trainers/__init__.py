@@ -3,5 +3,15 @@
 from .ddo import DDOConfig, DDOTrainer
 from .implicit_prm import ImplicitPRMConfig, ImplicitPRMTrainer
 from .mixce import MixCEConfig, MixCETrainer
+from .sequencematch import SequenceMatchConfig, SequenceMatchTrainer
 
-__all__ = ["DDOConfig", "DDOTrainer", "ImplicitPRMConfig", "ImplicitPRMTrainer", "MixCEConfig", "MixCETrainer"]
+__all__ = [
+    "DDOConfig",
+    "DDOTrainer",
+    "ImplicitPRMConfig",
+    "ImplicitPRMTrainer",
+    "MixCEConfig",
+    "MixCETrainer",
+    "SequenceMatchConfig",
+    "SequenceMatchTrainer",
+]

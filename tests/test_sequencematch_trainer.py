@@ -1,0 +1,138 @@
+"""SequenceMatchTrainer: <bkspc> set-up, BC phase then the SequenceMatch mixture, rollouts, LoRA, resume and errors."""
+
+from __future__ import annotations
+
+import math
+import os
+
+import pytest
+import torch
+from peft import LoraConfig, PeftModel
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from tests.conftest import cpu_args
+from trl_likelihood.backspace import BACKSPACE
+from trl_likelihood.trainers import SequenceMatchConfig, SequenceMatchTrainer
+from trl_likelihood.trainers.sequencematch import BUFFER_STATE
+
+LORA = dict(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM", lora_dropout=0.0)
+SM_METRICS = ("sequencematch/bc_loss", "sequencematch/sm_loss", "sequencematch/chi2", "sequencematch/expert_reward")
+_TRAIN_KEYS = ("max_steps", "learning_rate", "per_device_train_batch_size", "seed", "max_length", "save_strategy")
+
+
+def _args(tmp_path, name: str, **kw) -> SequenceMatchConfig:
+    train = {k: kw.pop(k) for k in list(kw) if k in _TRAIN_KEYS}
+    kw.setdefault("noise_prob", 0.3)
+    kw.setdefault("rollouts_per_refresh", 4)
+    kw.setdefault("replay_refresh_steps", 2)
+    kw.setdefault("rollout_max_new_tokens", 8)
+    return SequenceMatchConfig(f"{tmp_path}/{name}", **kw, **cpu_args(**train))
+
+
+def _steps(trainer) -> list[dict]:
+    return [h for h in trainer.state.log_history if "loss" in h]
+
+
+def test_full_finetune_bc_phase_then_sequencematch(tiny_model_dir, prompt_completion_dataset, tmp_path):
+    trainer = SequenceMatchTrainer(
+        model=tiny_model_dir,
+        args=_args(tmp_path, "full", max_steps=4, bc_steps=2, learning_rate=1e-3),
+        train_dataset=prompt_completion_dataset,
+    )
+    tok = trainer.processing_class
+    assert tok.convert_tokens_to_ids(BACKSPACE) == trainer.bkspc_id == len(tok) - 1
+    assert trainer.model.get_input_embeddings().weight.shape[0] >= len(tok)
+    before = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
+    trainer.train()
+    steps = _steps(trainer)
+    assert len(steps) == 4
+    for h in steps[:2]:  # BC phase: the loss is the NLL of the augmented data, no SM term, no rollouts
+        assert h["loss"] == pytest.approx(h["sequencematch/bc_loss"], rel=1e-4)
+        assert "sequencematch/sm_loss" not in h
+    for h in steps[2:]:
+        assert all(math.isfinite(h[k]) for k in SM_METRICS + ("loss", "grad_norm")), h
+        assert "sequencematch/rollout_reward" in h
+    assert "sequencematch/rollout_backspace_rate" in steps[2]  # the buffer was filled when SM started
+    assert 1 <= len(trainer.buffer) <= trainer.args.replay_buffer_size
+    params = dict(trainer.model.named_parameters())
+    assert any(not torch.equal(params[n], p) for n, p in before.items())
+    assert all(bool(p.detach().isfinite().all()) for p in params.values())
+
+
+def test_lora_trains_the_backspace_rows_and_keeps_the_base_frozen(tiny_model_dir, prompt_completion_dataset, tmp_path):
+    trainer = SequenceMatchTrainer(
+        model=tiny_model_dir,
+        args=_args(tmp_path, "lora", max_steps=3, learning_rate=5e-2),
+        train_dataset=prompt_completion_dataset,
+        peft_config=LoraConfig(**LORA),
+    )
+    frozen = {n: p.detach().clone() for n, p in trainer.model.named_parameters() if not p.requires_grad}
+    bk = trainer.bkspc_id
+    head = trainer.model.get_output_embeddings()
+    eye = torch.eye(trainer.model.config.hidden_size)
+    row_before = head(eye)[:, bk].detach().clone()  # the <bkspc> output row, delta applied
+    trainer.train()
+    params = dict(trainer.model.named_parameters())
+    assert all(torch.equal(params[n], p) for n, p in frozen.items())
+    assert [n for n, p in params.items() if p.requires_grad and "trainable_tokens" in n]
+    assert not torch.allclose(row_before, head(eye)[:, bk].detach())  # <bkspc> learned
+    for h in _steps(trainer):
+        assert all(math.isfinite(h[k]) for k in SM_METRICS + ("loss",)), h
+
+    out = str(tmp_path / "saved")
+    trainer.save_model(out)
+    tok = AutoTokenizer.from_pretrained(out)
+    assert tok.convert_tokens_to_ids(BACKSPACE) == bk and tok.encode(BACKSPACE, add_special_tokens=False) == [bk]
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    base.resize_token_embeddings(len(tok))
+    reloaded = PeftModel.from_pretrained(base, out)
+    ids = torch.tensor([[3, 5, bk, 7]])
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(ids).logits, trainer.model.eval()(ids).logits, atol=1e-5, rtol=1e-5)
+    card = open(os.path.join(out, "README.md")).read()
+    assert "sequencematch" in card and BACKSPACE in card and "sample_with_backspace" in card
+
+
+def test_resume_mid_run_restores_the_replay_buffer(tiny_model_dir, prompt_completion_dataset, tmp_path):
+    """Stopped at step 3 (after a refresh at step 2) and resumed: the same weights and losses as one run."""
+
+    def run(name: str, **kw) -> SequenceMatchTrainer:
+        trainer = SequenceMatchTrainer(
+            model=tiny_model_dir,
+            args=_args(tmp_path, name, max_steps=6, learning_rate=1e-3, replay_refresh_steps=2, **kw),
+            train_dataset=prompt_completion_dataset,
+        )
+        return trainer
+
+    full = run("full")
+    full.train()
+    part = run("part", save_strategy="steps", save_steps=3)
+    part.args.save_steps = 3
+    part.train()
+    checkpoint = os.path.join(part.args.output_dir, "checkpoint-3")
+    assert os.path.isfile(os.path.join(checkpoint, BUFFER_STATE.format(rank=0)))
+    resumed = run("part", save_strategy="steps", save_steps=3)
+    resumed.train(resume_from_checkpoint=checkpoint)
+    losses = [h["loss"] for h in _steps(full)]
+    assert [h["loss"] for h in _steps(resumed)] == pytest.approx(losses, rel=1e-5)  # history kept, then resumed
+    assert len(set(losses)) == len(losses)
+    for (name, p), q in zip(full.model.named_parameters(), resumed.model.parameters()):
+        torch.testing.assert_close(p, q, atol=1e-6, rtol=1e-5, msg=name)
+
+
+@pytest.mark.parametrize(
+    "field, value",
+    [("gamma", 0.0), ("gamma", 1.5), ("chi2_coef", -0.1), ("noise_prob", 1.0), ("noise_prob", -0.1),
+     ("sm_weight", 1.5), ("divergence", "js"), ("terminal", "none"), ("bc_steps", -1), ("backspace_token", "")],
+)  # fmt: skip
+def test_bad_config_is_refused_before_training(tmp_path, field, value):
+    with pytest.raises(ValueError, match=f"`{field}`"):
+        SequenceMatchConfig(str(tmp_path), **{field: value}, **cpu_args())
+
+
+def test_peft_model_passed_in_is_refused(tiny_model_dir, prompt_completion_dataset, tmp_path):
+    from peft import get_peft_model
+
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_dir), LoraConfig(**LORA))
+    with pytest.raises(ValueError, match="peft_config"):
+        SequenceMatchTrainer(model=model, args=_args(tmp_path, "x"), train_dataset=prompt_completion_dataset)

@@ -1,0 +1,24 @@
+"""Launch script for SequenceMatch; the same parser and main as ``trl-likelihood sequencematch``.
+
+```bash
+python trainers/sequencematch.py \
+    --model_name_or_path Qwen/Qwen2.5-0.5B \
+    --dataset_name trl-lib/Capybara \
+    --noise_prob 0.1 --chi2_coef 0.5 --sm_weight 0.5 --bc_steps 200 --learning_rate 1e-5 \
+    --use_peft --lora_r 16 \
+    --output_dir Qwen2.5-0.5B-SequenceMatch
+
+accelerate launch --multi_gpu --num_processes 2 trainers/sequencematch.py --config sequencematch.yaml
+```
+
+Data: what ``trl sft`` takes (``text``, ``messages``, ``prompt``+``completion``). The ``<bkspc>`` token is added to the
+tokenizer and the model; with ``--use_peft`` its embedding rows train through PEFT's ``trainable_token_indices``.
+Rollouts for the replay buffer are sampled from the training prompts with the current policy, backspace allowed.
+"""
+
+import sys
+
+from trl_likelihood.cli import main
+
+if __name__ == "__main__":
+    sys.exit(main(["sequencematch", *sys.argv[1:]]))

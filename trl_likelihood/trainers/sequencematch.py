@@ -1,0 +1,469 @@
+"""SequenceMatch: imitation learning over sequences with a ``<bkspc>`` action and logits as soft Q-values.
+Paper: Cundy & Ermon, "SequenceMatch: Imitation Learning for Autoregressive Sequence Modelling with Backtracking",
+ICLR 2024, arXiv:2306.05426. No official code. Maths, reconstruction and calibration: ALGORITHMS.md section 3.
+
+    Q(s, a) = logit(a | s),  V(s) = logsumexp(logits(s)),  r(s, a) = Q(s, a) - gamma V(s')
+    L_SM = -E_data[r] + E_mix[V(s) - gamma V(s')] + c_chi2 E_mix[r^2]        (chi^2-mixture, IQ-Learn form)
+    loss = L_BC                              for the first ``bc_steps`` steps,
+           (1 - sm_weight) L_BC + sm_weight L_SM   afterwards                  [paper, experimental setup]
+
+Choices made here (the paper's Eq. 4/5 and its masking algorithm could not be read; ALGORITHMS.md 3(h)):
+- Data trajectories are SFT's rows with noise augmentation, variant A of 3(a): before an expert token, with probability
+  ``noise_prob``, a noise token is appended by the environment and the expert's next action is ``<bkspc>``. The noise
+  token is part of the transition, never an action, so with ``chi2_coef=0`` and no rollouts the loss is exactly the
+  discounted NLL (tested). Noise tokens are other tokens of the batch's completions (``noise_source="data"``, the
+  "ground-truth noise" reading of Fig. 3) or uniform over the vocabulary.
+- BC is MLE on those augmented trajectories, ``<bkspc>`` targets included; L_BC and L_SM share one forward pass. Both
+  are means over trajectories (BC of each trajectory's per-action NLL), like DPO's per-sequence means: with equal
+  per-device batches, gradient accumulation and several processes train exactly like one big batch (tested).
+- All decision states of a trajectory come from one forward pass over its physical token stream with a 4-D attention
+  mask and position ids over the tokens still alive (``backspace.parallel_states``; tested equal to replaying states).
+- ``<bkspc>`` is masked out (logit -inf) at states whose completion is empty, in the loss as in generation: the
+  prompt can never be deleted.
+- Terminal: an absorbing state after EOS whose self-loop is summed in closed form up to a fixed horizon (default
+  ``max_length``), so every trajectory is padded to one length (the paper's convention) and weighs the same; it was
+  the calibration's best option: a constant logit shift then moves r by only (1 - gamma) times the shift. Or V = 0.
+- Rollouts: every ``replay_refresh_steps`` steps (from the end of the BC phase) each process samples
+  ``rollouts_per_refresh`` prompts of the training set and completes them with the current policy, backspace allowed
+  (``generation.sample_with_backspace``), into a FIFO replay buffer of ``replay_buffer_size`` trajectories; each step
+  draws ``rollouts_per_step`` of them. Randomness (noise, prompts, sampling, buffer draws) comes from generators
+  seeded by (seed, global step, rank, micro-batch): every process makes the same decisions, and a resumed run the
+  same ones as an uninterrupted run; the buffer is saved in every checkpoint.
+- Under PEFT the new token's embedding rows train through PEFT's ``trainable_token_indices``; the base stays frozen.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from accelerate.logging import get_logger
+from transformers import AutoTokenizer, TrainerCallback
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
+from trl import SFTConfig, SFTTrainer
+
+from .. import _compat
+from ..backspace import (
+    BACKSPACE,
+    Trajectory,
+    add_backspace_token,
+    augment_with_noise,
+    collate_states,
+    parallel_states,
+    state_logits,
+)
+from ..cards import CardInfo
+from ..data import validate_sft_datasets
+from ..generation import sample_with_backspace, sampling_seed
+from ..losses import IGNORE_INDEX, action_nll, sequencematch_loss
+from .base import CardMixin, LossOnlyEvaluation, resolve_args
+
+logger = get_logger(__name__)
+BUFFER_STATE = "sequencematch_buffer_rank{rank}.pt"  # in each checkpoint: this process's replay buffer
+
+SEQUENCEMATCH_CITATION = """\
+@inproceedings{cundy2024sequencematch,
+    title     = {{SequenceMatch: Imitation Learning for Autoregressive Sequence Modelling with Backtracking}},
+    author    = {Chris Cundy and Stefano Ermon},
+    booktitle = {International Conference on Learning Representations},
+    year      = 2024,
+    url       = {https://arxiv.org/abs/2306.05426}
+}"""
+
+
+@dataclass
+class SequenceMatchConfig(SFTConfig):
+    r"""[`~trl.SFTConfig`] plus SequenceMatch's fields. Data preparation (tokenisation, truncation, masks) is SFT's.
+
+    Parameters:
+        backspace_token (`str`, defaults to `"<bkspc>"`): the backspace action, added to the tokenizer.
+        noise_prob (`float`, defaults to `0.1`): probability, per completion token, of inserting a noise token that the
+            expert then deletes; the paper's "noise level" (Fig. 3). `0` gives no backspace examples. Keep it small:
+            augmentation trains the policy in a slightly different MDP (ALGORITHMS.md 3(f)).
+        noise_source (`str`, defaults to `"data"`): `"data"` draws noise tokens among the tokens of the batch's
+            completions (realistic mistakes); `"uniform"` over the whole vocabulary (special tokens excluded).
+        gamma (`float`, defaults to `0.998`): discount, in (0, 1] (the paper's value).
+        chi2_coef (`float`, defaults to `0.5`): weight of the chi^2-mixture term E_mix[r^2]; 1/4 to 1/2 is the natural
+            scale (ALGORITHMS.md 3(a)). `0` turns it off.
+        divergence (`str`, defaults to `"chi2"`): `"chi2"` or `"kl"` (IQ-Learn's two options) for the data term.
+        terminal (`str`, defaults to `"absorbing"`): the value after EOS; `"absorbing"`: an absorbing state padded to
+            `horizon` steps; `"zero"`: V = 0.
+        horizon (`int`, *optional*): steps every trajectory is padded to with the absorbing state (so that all weigh
+            the same, the paper's padding convention); by default `max_length`, and never less than the longest
+            trajectory of the batch. Lower it when `max_length` is far above your completions' length, or the
+            absorbing tail outweighs the real steps.
+        sm_weight (`float`, defaults to `0.5`): weight of L_SM in `(1 - sm_weight) L_BC + sm_weight L_SM` after the BC
+            phase; `0` is BC (MLE on the augmented data).
+        bc_steps (`int`, defaults to `0`): steps of BC alone first (the paper's warm start; starting from an SFT
+            model with `noise_prob > 0` training is the same thing).
+        replay_buffer_size (`int`, defaults to `256`), replay_refresh_steps (`int`, defaults to `50`),
+            rollouts_per_refresh (`int`, defaults to `64`), rollouts_per_step (`int`, *optional*, defaults to the
+            per-device batch size): the replay buffer of model trajectories; set `rollouts_per_step=0` for no rollouts.
+        rollout_max_new_tokens (`int`, *optional*): most actions per rollout; by default twice the longest completion
+            among the sampled prompts' rows (room for backspaces), within `max_length`.
+        rollout_temperature (`float`, defaults to `1.0`): sampling temperature of the rollouts.
+    """
+
+    disable_dropout: bool = field(default=True, metadata={"help": "Switch dropout off: Q-values must not be noisy."})
+    backspace_token: str = field(default=BACKSPACE, metadata={"help": "The backspace action's token string."})
+    noise_prob: float = field(default=0.1, metadata={"help": "Per-token probability of a noise token + <bkspc>."})
+    noise_source: str = field(
+        default="data",
+        metadata={
+            "help": "'data': noise from the batch's completion tokens; 'uniform': any vocabulary token.",
+            "choices": ["data", "uniform"],
+        },
+    )
+    gamma: float = field(default=0.998, metadata={"help": "Discount in (0, 1]."})
+    chi2_coef: float = field(default=0.5, metadata={"help": "Weight of the chi^2-mixture term (>= 0)."})
+    divergence: str = field(default="chi2", metadata={"help": "'chi2' or 'kl'.", "choices": ["chi2", "kl"]})
+    terminal: str = field(
+        default="absorbing",
+        metadata={"help": "Value after EOS: 'absorbing' or 'zero'.", "choices": ["absorbing", "zero"]},
+    )
+    horizon: int | None = field(default=None, metadata={"help": "Absorbing padding length (default: max_length)."})
+    sm_weight: float = field(default=0.5, metadata={"help": "Weight of L_SM vs L_BC after the BC phase, in [0, 1]."})
+    bc_steps: int = field(default=0, metadata={"help": "Steps of behaviour cloning alone before L_SM starts."})
+    replay_buffer_size: int = field(default=256, metadata={"help": "Rollouts kept in the FIFO replay buffer."})
+    replay_refresh_steps: int = field(default=50, metadata={"help": "Steps between two rounds of rollouts."})
+    rollouts_per_refresh: int = field(default=64, metadata={"help": "Rollouts sampled per process at a refresh."})
+    rollouts_per_step: int | None = field(default=None, metadata={"help": "Buffer rollouts per micro-batch."})
+    rollout_max_new_tokens: int | None = field(default=None, metadata={"help": "Most actions per rollout."})
+    rollout_temperature: float = field(default=1.0, metadata={"help": "Sampling temperature of the rollouts."})
+
+    def __post_init__(self):
+        super().__post_init__()
+        checks = (
+            ("noise_prob", lambda v: 0 <= v < 1, "a number in [0, 1)"),
+            ("gamma", lambda v: 0 < v <= 1, "a number in (0, 1]"),
+            ("chi2_coef", lambda v: v >= 0, "a number >= 0"),
+            ("sm_weight", lambda v: 0 <= v <= 1, "a number in [0, 1]"),
+            ("rollout_temperature", lambda v: v > 0, "a positive number"),
+        )
+        for name, ok, expected in checks:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | float) or not ok(value):
+                raise ValueError(f"`{name}` must be {expected}, got {value!r}.")
+        for name, low in (
+            ("bc_steps", 0),
+            ("replay_buffer_size", 1),
+            ("replay_refresh_steps", 1),
+            ("rollouts_per_refresh", 1),
+            ("rollouts_per_step", 0),
+            ("rollout_max_new_tokens", 1),
+            ("horizon", 1),
+        ):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < low):
+                raise ValueError(f"`{name}` must be an integer >= {low}, got {value!r}.")
+        for name, allowed in (
+            ("noise_source", ("data", "uniform")),
+            ("divergence", ("chi2", "kl")),
+            ("terminal", ("absorbing", "zero")),
+        ):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"`{name}` must be one of {allowed}, got {getattr(self, name)!r}.")
+        if not self.backspace_token or not isinstance(self.backspace_token, str):
+            raise ValueError(f"`backspace_token` must be a non-empty string, got {self.backspace_token!r}.")
+        if self.packing or self.padding_free:
+            raise ValueError("SequenceMatch builds its own states: set `packing=False` and `padding_free=False`.")
+        if self.loss_type != "nll":
+            raise ValueError(f"SequenceMatch replaces SFT's loss; leave `loss_type='nll'`, got {self.loss_type!r}.")
+
+
+class SequenceMatchTrainer(CardMixin, LossOnlyEvaluation, SFTTrainer):
+    """[`~trl.SFTTrainer`] on the same data, trained with SequenceMatch: ``<bkspc>``, noise, on-policy rollouts."""
+
+    _name = "SequenceMatch"
+    _tag_names = ["trl", "trl-likelihood", "sequencematch"]
+    _paper = {"title": "SequenceMatch", "id": "2306.05426", "citation": SEQUENCEMATCH_CITATION}
+    _card_template = "sequencematch.md"
+    loss_is_scaled_for_ga = False  # per-trajectory means: the Trainer divides by the accumulation steps
+
+    def __init__(
+        self,
+        model: Any,
+        args: SequenceMatchConfig | None = None,
+        train_dataset=None,
+        eval_dataset=None,
+        processing_class=None,
+        peft_config=None,
+        **kwargs,
+    ):
+        args = resolve_args("SequenceMatchTrainer", model, args, SequenceMatchConfig, kwargs)
+        validate_sft_datasets(train_dataset, eval_dataset, args)
+        if isinstance(model, str):  # the token must be added before SFT wraps the model in PEFT
+            model_id, kwargs_init = model, dict(args.model_init_kwargs or {})
+            kwargs_init.setdefault("trust_remote_code", args.trust_remote_code)
+            model = _compat.create_model_from_path(model_id, **kwargs_init)
+            args.model_init_kwargs = None
+            if processing_class is None:
+                processing_class = AutoTokenizer.from_pretrained(model_id, trust_remote_code=args.trust_remote_code)
+        if processing_class is None:
+            processing_class = AutoTokenizer.from_pretrained(model.config._name_or_path)
+        tokenizer = getattr(processing_class, "tokenizer", processing_class)
+        if _compat.is_peft(model):
+            raise ValueError(
+                "Pass the base model and a `peft_config`: the <bkspc> token must be added before the adapter is made."
+            )
+        self.bkspc_id = add_backspace_token(model, tokenizer, args.backspace_token)
+        if peft_config is not None:
+            peft_config = _with_trainable_token(peft_config, model, self.bkspc_id)
+        super().__init__(
+            model,
+            args=args,
+            train_dataset=train_dataset,
+            eval_dataset=eval_dataset,
+            processing_class=processing_class,
+            peft_config=peft_config,
+            **kwargs,
+        )
+        if args.disable_dropout:
+            _compat.disable_dropout_in_model(self.model)
+        if self.train_dataset is not None and hasattr(self.train_dataset, "__len__") and len(self.train_dataset) == 0:
+            raise ValueError(
+                "train_dataset has no usable rows: every row lost its scored tokens (empty completion, or a prompt "
+                f"at least `max_length`={args.max_length} tokens long)."
+            )
+        eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+        self._eos = sorted({tokenizer.eos_token_id, *([eos] if isinstance(eos, int) else eos or [])} - {None})
+        self._pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self._eos[0]
+        self._special = set(tokenizer.all_special_ids) | {self.bkspc_id}
+        self._vocab_size = len(tokenizer)
+        self.buffer: list[Trajectory] = []
+        self._micro = (None, 0)
+        self._refreshed: int | None = None  # the global step of the last refresh (a step refreshes once)
+        self.add_callback(_SaveBuffer(self))
+
+    # ------------------------------------------------------------------ randomness
+    def _generator(self, purpose: str, micro: int = 0, device: torch.device | str = "cpu") -> torch.Generator:
+        """A generator seeded by (seed, purpose, step, rank, micro-batch): the same decisions on every process, and
+        after a resume the same as in an uninterrupted run; training's own RNG (dropout, data order) is untouched."""
+        mode = "train" if self.model.training else "eval"
+        tag = f"{mode}/{purpose}/{micro}"
+        seed = sampling_seed(self.args.seed, self.state.global_step, self.accelerator.process_index, tag)
+        return torch.Generator(device).manual_seed(seed)
+
+    def _next_micro(self) -> int:
+        """Index of this ``compute_loss`` call among those of the same mode and global step."""
+        key = (self.model.training, self.state.global_step)
+        micro = self._micro[1] + 1 if self._micro[0] == key else 0
+        self._micro = (key, micro)
+        return micro
+
+    # ------------------------------------------------------------------ trajectories
+    def _data_trajectories(self, inputs: dict[str, torch.Tensor], micro: int) -> list[Trajectory]:
+        """SFT's rows as trajectories: prompt = tokens before the first scored one; noise inserted before actions."""
+        ids, labels, att = inputs["input_ids"].tolist(), inputs["labels"].tolist(), inputs["attention_mask"].tolist()
+        rng = random.Random(int(torch.randint(2**62, (1,), generator=self._generator("noise", micro))))
+        rows = []
+        for row, lab, mask in zip(ids, labels, att):
+            n = sum(mask)
+            scored = [i for i in range(1, n) if lab[i] != IGNORE_INDEX]
+            start = scored[0] if scored else n - 1
+            rows.append((row[:start], row[start:n], [lab[i] != IGNORE_INDEX or i == start for i in range(start, n)]))
+        noise_ids = self._noise_ids([c for _, c, _ in rows])
+        out = []
+        for prompt, completion, is_action in rows:
+            if self.args.noise_prob > 0 and all(is_action):
+                out.append(
+                    augment_with_noise(
+                        prompt,
+                        completion,
+                        p=self.args.noise_prob,
+                        bkspc_id=self.bkspc_id,
+                        noise_ids=noise_ids,
+                        rng=rng,
+                    )
+                )
+            else:  # gaps in the labels (assistant-only multi-turn): unscored tokens are forced, no noise
+                out.append(Trajectory(prompt, completion, is_action))
+        return out
+
+    def _noise_ids(self, completions: list[list[int]]) -> list[int]:
+        if self.args.noise_source == "data":
+            ids = sorted({t for c in completions for t in c} - self._special)
+            if len(ids) >= 2:
+                return ids
+        return [t for t in range(self._vocab_size) if t not in self._special]
+
+    def _rollout_prompts(self, count: int, generator: torch.Generator) -> tuple[list[list[int]], int]:
+        """``count`` prompts of training rows (seeded draw) and the longest completion among those rows."""
+        dataset = self.train_dataset
+        index = torch.randint(len(dataset), (count,), generator=generator).tolist()
+        prompts, longest = [], 1
+        for i in index:
+            row = dataset[i]
+            ids = row["input_ids"]
+            mask = row.get("completion_mask") or row.get("assistant_masks")
+            start = next((j for j, m in enumerate(mask) if m and j > 0), len(ids) - 1) if mask else 1
+            prompts.append(ids[:start])
+            longest = max(longest, len(ids) - start)
+        return prompts, longest
+
+    @torch.no_grad()
+    def refresh_buffer(self, model: torch.nn.Module) -> None:
+        """Sample rollouts from the current policy and push them into the FIFO replay buffer."""
+        generator = self._generator("rollout", device=self.accelerator.device)
+        prompts, longest = self._rollout_prompts(self.args.rollouts_per_refresh, self._generator("prompts"))
+        budget = (self.args.max_length or 10**9) - max(len(p) for p in prompts)
+        if budget < 1:
+            raise ValueError(f"A prompt fills `max_length`={self.args.max_length}: no room for a rollout.")
+        samples = sample_with_backspace(
+            self.accelerator.unwrap_model(model),
+            prompts,
+            min(self.args.rollout_max_new_tokens or 2 * longest, budget),
+            bkspc_token_id=self.bkspc_id,
+            eos_token_id=self._eos,
+            pad_token_id=self._pad,
+            temperature=self.args.rollout_temperature,
+            generator=generator,
+        )
+        self.buffer = (self.buffer + samples.trajectories())[-self.args.replay_buffer_size :]
+        actions = [a for row in samples.actions for a in row]
+        store = _compat.metrics_store(self, "train")
+        store["sequencematch/rollout_backspace_rate"].append(
+            sum(a == self.bkspc_id for a in actions) / max(len(actions), 1)
+        )
+        store["sequencematch/rollout_length"].append(len(actions) / max(len(samples.actions), 1))
+
+    def _rollouts(self, micro: int) -> list[Trajectory]:
+        count = self.args.rollouts_per_step
+        count = self.args.per_device_train_batch_size if count is None else count
+        if not self.buffer or count == 0:
+            return []
+        index = torch.randint(len(self.buffer), (count,), generator=self._generator("draw", micro)).tolist()
+        return [self.buffer[i] for i in index]
+
+    def _sm_active(self) -> bool:
+        return self.args.sm_weight > 0 and self.state.global_step >= self.args.bc_steps
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        step = self.state.global_step - self.args.bc_steps
+        wants_rollouts = self.args.rollouts_per_step != 0 and self._sm_active()
+        if wants_rollouts and step % self.args.replay_refresh_steps == 0 and self._refreshed != self.state.global_step:
+            self.refresh_buffer(model)
+            self._refreshed = self.state.global_step
+        return super().training_step(model, inputs, num_items_in_batch)
+
+    # ------------------------------------------------------------------ loss
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        mode = "train" if self.model.training else "eval"
+        micro = self._next_micro()
+        data = self._data_trajectories(inputs, micro)
+        rollouts = self._rollouts(micro) if self._sm_active() else []
+        trajectories = data + rollouts
+        dtype = next(p for p in model.parameters()).dtype
+        batch = collate_states(
+            [parallel_states(t, self.bkspc_id) for t in trajectories],
+            self._pad,
+            dtype=dtype if dtype.is_floating_point else torch.float32,
+            eos_token_id=self._eos[0] if self._eos else None,
+        )
+        batch = {k: v.to(inputs["input_ids"].device) for k, v in batch.items()}
+        logits = state_logits(model, batch).float()
+        # <bkspc> at an empty completion is not an action (the sampler forbids it): its state is the prompt's end.
+        prompt_end = torch.tensor([len(t.prompt) - 1 for t in trajectories], device=logits.device)
+        empty = batch["state_index"] == prompt_end[:, None]
+        blocked = torch.zeros_like(logits, dtype=torch.bool)
+        blocked[..., self.bkspc_id] = empty
+        logits = logits.masked_fill(blocked, float("-inf"))
+        n_data = len(data)
+        bc = action_nll(
+            logits[:n_data], batch["actions"][:n_data], batch["action_mask"][:n_data], reduction="sequence"
+        )
+        store = _compat.metrics_store(self, mode)
+        store["sequencematch/bc_loss"].append(self._mean(bc))
+        if not self._sm_active():
+            return (bc, None) if return_outputs else bc
+        is_data = torch.arange(len(trajectories), device=logits.device) < n_data
+        terms = sequencematch_loss(
+            logits,
+            batch["actions"],
+            batch["action_mask"],
+            batch["terminated"],
+            is_data,
+            gamma=self.args.gamma,
+            chi2_coef=self.args.chi2_coef,
+            divergence=self.args.divergence,
+            terminal=self.args.terminal,
+            eos_token_id=self._eos[0] if self._eos else -1,
+            horizon=max(self.args.horizon or self.args.max_length or 0, batch["actions"].size(1)),
+        )
+        loss = (1 - self.args.sm_weight) * bc + self.args.sm_weight * terms.loss
+        for name in ("linear", "value", "chi2", "expert_reward", "rollout_reward"):
+            value = getattr(terms, name)
+            store[f"sequencematch/{name}"].append(self._mean(torch.as_tensor(value, device=logits.device)))
+        store["sequencematch/sm_loss"].append(self._mean(terms.loss))
+        return (loss, None) if return_outputs else loss
+
+    def _mean(self, value: torch.Tensor) -> float:
+        """The mean over processes of a scalar (every process calls this the same number of times)."""
+        return self.accelerator.gather(value.detach().float().reshape(1)).mean().item()
+
+    # ------------------------------------------------------------------ checkpoints
+    def train(self, resume_from_checkpoint: str | bool | None = None, *args: Any, **kwargs: Any):
+        """Trainer's ``train``; a resume also restores this process's replay buffer from the checkpoint."""
+        folder = (
+            get_last_checkpoint(self.args.output_dir) if resume_from_checkpoint is True else resume_from_checkpoint
+        )
+        file = os.path.join(folder or "", BUFFER_STATE.format(rank=self.accelerator.process_index))
+        if folder and os.path.isfile(file):
+            state = torch.load(file, weights_only=True)
+            self.buffer = [Trajectory(*t) for t in state["buffer"]]
+            self._refreshed = state["refreshed"]
+        return super().train(resume_from_checkpoint, *args, **kwargs)
+
+    def save_buffer(self, folder: str) -> None:
+        """Write this process's replay buffer into ``folder`` (a checkpoint)."""
+        os.makedirs(folder, exist_ok=True)
+        state = {"buffer": [[t.prompt, t.stream, t.is_action] for t in self.buffer], "refreshed": self._refreshed}
+        torch.save(state, os.path.join(folder, BUFFER_STATE.format(rank=self.accelerator.process_index)))
+
+    # ------------------------------------------------------------------ card
+    def card_hyperparameters(self) -> dict[str, Any]:
+        keys = (
+            "backspace_token", "noise_prob", "noise_source", "gamma", "chi2_coef", "divergence", "terminal",
+            "sm_weight", "bc_steps", "replay_buffer_size", "replay_refresh_steps", "rollouts_per_refresh",
+        )  # fmt: skip
+        return {k: getattr(self.args, k) for k in keys}
+
+    def card_extra(self, info: CardInfo) -> dict[str, Any]:
+        return {"backspace_token": self.args.backspace_token, "backspace_id": self.bkspc_id}
+
+
+class _SaveBuffer(TrainerCallback):
+    """Saves every process's replay buffer into every checkpoint, so that a resume draws the same rollouts."""
+
+    def __init__(self, trainer: SequenceMatchTrainer):
+        self.trainer = trainer
+
+    def on_save(self, args, state, control, **kwargs):
+        self.trainer.save_buffer(os.path.join(args.output_dir, f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"))
+
+
+def _with_trainable_token(peft_config: Any, model: Any, token_id: int) -> Any:
+    """A copy of a LoRA config whose ``trainable_token_indices`` also trains the new token's output-embedding row.
+
+    Only the output row matters: ``<bkspc>`` is never an input (no state attends to it, and the sampler re-feeds the
+    last surviving token instead). With tied embeddings that row is the input row, which PEFT keeps tied.
+    """
+    import copy
+
+    if not hasattr(peft_config, "trainable_token_indices"):
+        raise ValueError(
+            f"{type(peft_config).__name__} cannot train new token rows; use a LoraConfig (PEFT's "
+            "`trainable_token_indices`) so that <bkspc> is learned."
+        )
+    config = copy.deepcopy(peft_config)
+    targets = config.trainable_token_indices
+    targets = dict(targets) if isinstance(targets, dict) else {"embed_tokens": list(targets)} if targets else {}
+    names = {module: name.split(".")[-1] for name, module in model.named_modules()}
+    embedding, output = model.get_input_embeddings(), model.get_output_embeddings()
+    layer = embedding if output is None or output.weight is embedding.weight else output
+    targets[names[layer]] = sorted({*targets.get(names[layer], []), token_id})
+    config.trainable_token_indices = targets
+    return config
