@@ -1,0 +1,1 @@
+"""The quickstart notebooks as Python cell lists, one module per method; ``notebooks/build.py`` writes them."""
