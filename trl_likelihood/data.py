@@ -158,6 +158,30 @@ def validate_sft_dataset(dataset: Any, args: Any, where: str = "train_dataset") 
     for column in needed:
         messages = "must" if column == "messages" else "no" if kind == "language-modeling" else "may"
         _check_column(dataset, head, column, where, messages)
+    if kind == "prompt-completion":
+        _check_same_kind(dataset, head, where)
+
+
+def _check_same_kind(dataset: Dataset | IterableDataset, head: list[dict] | None, where: str) -> None:
+    """Prompt and completion both text or both messages: TRL fails with a bare ``TypeError`` on a mix.
+
+    In a ``Dataset`` a column has one Arrow type, so the mix is the same in every row and row 0 is reported.
+    """
+    if head is None:
+        kinds = [tuple(_is_list_feature(dataset.features[c]) for c in ("prompt", "completion"))]
+    else:
+        kinds = [(isinstance(r.get("prompt"), list), isinstance(r.get("completion"), list)) for r in head]
+    for row, (prompt_is_messages, completion_is_messages) in enumerate(kinds):
+        if prompt_is_messages != completion_is_messages:
+            expected, got = ("messages", "text") if prompt_is_messages else ("text", "messages")
+            raise ValueError(
+                f"{where}: column 'completion', row {row}: expected {expected} like column 'prompt', got {got}; "
+                "a prompt and its completion must be both strings (standard) or both message lists (conversational)."
+            )
+
+
+def _is_list_feature(feature: Any) -> bool:
+    return isinstance(feature, list) or type(feature).__name__ in ("List", "LargeList", "Sequence")
 
 
 def _head_and_columns(dataset: Dataset | IterableDataset, where: str) -> tuple[list[dict] | None, list[str]]:

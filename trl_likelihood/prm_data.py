@@ -36,6 +36,18 @@ def _response(value: Any, column: str, row: int, where: str) -> Any:
     return value
 
 
+def _response_like(prompt: Any, value: Any, column: str, row: int, where: str) -> Any:
+    """A non-empty response of the prompt's kind: TRL fails with a bare ``TypeError`` on text mixed with messages."""
+    value = _response(value, column, row, where)
+    if isinstance(prompt, list) != isinstance(value, list):
+        expected, got = ("messages", "text") if isinstance(prompt, list) else ("text", "messages")
+        raise ValueError(
+            f"{where}: column {column!r}, row {row}: expected {expected} like column 'prompt', got {got}; a prompt "
+            "and its responses must be both strings (standard) or both message lists (conversational)."
+        )
+    return value
+
+
 def _prompt(value: Any, row: int, where: str) -> Any:
     if value is None or not isinstance(value, str | list):
         raise ValueError(f"{where}: column 'prompt', row {row}: expected text or messages, got {value!r:.60}.")
@@ -48,7 +60,8 @@ def _row(prompt: Any, completion: Any, label: int) -> dict[str, Any]:
 
 def _unpaired_rows(ex: dict, i: int, where: str) -> list[dict[str, Any]]:
     prompt = _prompt(ex["prompt"], i, where)
-    return [_row(prompt, _response(ex["completion"], "completion", i, where), _label(ex["label"], "label", i, where))]
+    completion = _response_like(prompt, ex["completion"], "completion", i, where)
+    return [_row(prompt, completion, _label(ex["label"], "label", i, where))]
 
 
 def _grouped_rows(ex: dict, i: int, where: str) -> list[dict[str, Any]]:
@@ -58,7 +71,7 @@ def _grouped_rows(ex: dict, i: int, where: str) -> list[dict[str, Any]]:
     if not isinstance(labels, list) or len(labels) != len(completions):
         raise ValueError(f"{where}: column 'labels', row {i}: expected a list as long as 'completions'.")
     return [
-        _row(prompt, _response(c, "completions", i, where), _label(lab, "labels", i, where))
+        _row(prompt, _response_like(prompt, c, "completions", i, where), _label(lab, "labels", i, where))
         for c, lab in zip(completions, labels)
     ]
 
@@ -66,8 +79,8 @@ def _grouped_rows(ex: dict, i: int, where: str) -> list[dict[str, Any]]:
 def _paired_rows(ex: dict, i: int, where: str) -> list[dict[str, Any]]:
     prompt = _prompt(ex["prompt"], i, where)
     return [
-        _row(prompt, _response(ex["chosen"], "chosen", i, where), 1),
-        _row(prompt, _response(ex["rejected"], "rejected", i, where), 0),
+        _row(prompt, _response_like(prompt, ex["chosen"], "chosen", i, where), 1),
+        _row(prompt, _response_like(prompt, ex["rejected"], "rejected", i, where), 0),
     ]
 
 

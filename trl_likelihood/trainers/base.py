@@ -1,5 +1,5 @@
 """What every trl-likelihood trainer adds on top of its TRL parent: a right model card in every folder it saves a model
-to, and nothing secret or local in the files it saves for the Hub.
+to, nothing secret or local in the files it saves for the Hub, and a stop before a non-finite loss reaches the weights.
 
 transformers pickles the whole ``TrainingArguments`` (``hub_token`` and ``output_dir`` included) into
 ``training_args.bin`` next to every save and uploads it with the model; PEFT writes the base model's local path into
@@ -57,8 +57,64 @@ def _pickles_public(cls: type) -> type:
     return type(cls.__name__, (_PicklesPublic, cls), namespace)
 
 
-class CardMixin:
-    """Mix in before a TRL trainer. Subclasses set ``_card_template`` and return their ``card_hyperparameters``.
+class FiniteLossGuard:
+    """Stop training at the first non-finite loss, before the optimizer step that would write NaN into the weights.
+
+    ``Trainer`` runs the optimizer after the micro-batches' ``training_step``s; raising here leaves the weights, the
+    optimizer state and every checkpoint already written as they were, and no later checkpoint is written. Under DDP
+    the flag is reduced over the processes: a NaN on one rank poisons the averaged gradient of every rank, so all of
+    them stop, at the same step, rather than one stopping and the others waiting for it.
+    """
+
+    stop_on_nonfinite_loss: bool = True
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        if self.stop_on_nonfinite_loss:
+            finite = torch.isfinite(loss.detach()).all().to(torch.float32).reshape(1)
+            if self.accelerator.num_processes > 1:
+                finite = self.accelerator.reduce(finite, reduction="sum") / self.accelerator.num_processes
+            if finite.item() < 1:  # a host sync, as transformers' own NaN/inf logging filter makes every step
+                raise FloatingPointError(nonfinite_loss_message(loss, self.state.global_step))
+        return loss
+
+
+def nonfinite_loss_message(loss: torch.Tensor, global_step: int) -> str:
+    """The error: which step, what was kept, and where to look."""
+    return (
+        f"Non-finite training loss ({loss.detach().float().mean().item()} on this process, or non-finite on another) "
+        f"at global step {global_step + 1}: training stopped before its optimizer step, so the weights are those of "
+        f"step {global_step} and no checkpoint after step {global_step} was written. Look for a too large learning "
+        "rate or beta, fp16 overflow, or corrupt rows in that step's batch."
+    )
+
+
+class NonEmptyPreparedData:
+    """After SFT's preparation, refuse a dataset that has no row left, naming why, before any training.
+
+    SFT drops the rows that truncation to ``max_length`` leaves without a scored token (a prompt that fills it); when
+    that is every row, ``Trainer`` would only fail at ``train()`` with torch's "num_samples=0".
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        evals = self.eval_dataset if isinstance(self.eval_dataset, dict) else {"": self.eval_dataset}
+        named = {
+            "train_dataset": self.train_dataset,
+            **{f"eval_dataset[{k!r}]" if k else "eval_dataset": v for k, v in evals.items()},
+        }
+        for where, dataset in named.items():
+            if dataset is not None and hasattr(dataset, "__len__") and len(dataset) == 0:
+                raise ValueError(
+                    f"{where} has no usable rows after preparation: every row lost its scored tokens (empty "
+                    f"completion, or a prompt at least `max_length`={self.args.max_length} tokens long, so the "
+                    "completion was truncated away). Raise `max_length` or shorten the prompts."
+                )
+
+
+class CardMixin(NonEmptyPreparedData, FiniteLossGuard):
+    """Mix in before a TRL trainer; it brings ``NonEmptyPreparedData`` and ``FiniteLossGuard`` along. Subclasses set
+    ``_card_template`` and return their ``card_hyperparameters``.
 
     TRL writes its generic card only on checkpoints and pushes, and PEFT's own card carries the base model's local
     path; here every folder ``_save`` writes (``save_model()``, checkpoints, pushes) gets the method's card.

@@ -11,7 +11,7 @@ Choices made here (the paper's Eq. 4/5 and its masking algorithm could not be re
 - Data trajectories are SFT's rows with noise augmentation, variant A of 3(a): before an expert token, with probability
   ``noise_prob``, a noise token is appended by the environment and the expert's next action is ``<bkspc>``. The noise
   token is part of the transition, never an action, so with ``chi2_coef=0`` and no rollouts the loss is exactly the
-  discounted NLL (tested). Noise tokens are other tokens of the batch's completions (``noise_source="data"``, the
+  discounted NLL (tested). Noise tokens are other tokens of the training completions (``noise_source="data"``, the
   "ground-truth noise" reading of Fig. 3) or uniform over the vocabulary.
 - BC is MLE on those augmented trajectories, ``<bkspc>`` targets included; L_BC and L_SM share one forward pass. Both
   are means over trajectories (BC of each trajectory's per-action NLL), like DPO's per-sequence means: with equal
@@ -26,9 +26,10 @@ Choices made here (the paper's Eq. 4/5 and its masking algorithm could not be re
 - Rollouts: every ``replay_refresh_steps`` steps (from the end of the BC phase) each process samples
   ``rollouts_per_refresh`` prompts of the training set and completes them with the current policy, backspace allowed
   (``generation.sample_with_backspace``), into a FIFO replay buffer of ``replay_buffer_size`` trajectories; each step
-  draws ``rollouts_per_step`` of them. Randomness (noise, prompts, sampling, buffer draws) comes from generators
-  seeded by (seed, global step, rank, micro-batch): every process makes the same decisions, and a resumed run the
-  same ones as an uninterrupted run; the buffer is saved in every checkpoint.
+  draws ``rollouts_per_step`` of them. Randomness comes from private generators: a row's noise is seeded by (seed,
+  global step, the row's tokens), prompts, sampling and buffer draws by (seed, global step, rank, micro-batch). So
+  every process makes the same decisions, a resumed run the same ones as an uninterrupted run (the buffer is saved in
+  every checkpoint), and without rollouts accumulation and several processes match one big batch exactly.
 - Under PEFT the new token's embedding rows train through PEFT's ``trainable_token_indices``; the base stays frozen.
 """
 
@@ -83,7 +84,7 @@ class SequenceMatchConfig(SFTConfig):
         noise_prob (`float`, defaults to `0.1`): probability, per completion token, of inserting a noise token that the
             expert then deletes; the paper's "noise level" (Fig. 3). `0` gives no backspace examples. Keep it small:
             augmentation trains the policy in a slightly different MDP (ALGORITHMS.md 3(f)).
-        noise_source (`str`, defaults to `"data"`): `"data"` draws noise tokens among the tokens of the batch's
+        noise_source (`str`, defaults to `"data"`): `"data"` draws noise tokens among the tokens of the training
             completions (realistic mistakes); `"uniform"` over the whole vocabulary (special tokens excluded).
         gamma (`float`, defaults to `0.998`): discount, in (0, 1] (the paper's value).
         chi2_coef (`float`, defaults to `0.5`): weight of the chi^2-mixture term E_mix[r^2]; 1/4 to 1/2 is the natural
@@ -113,7 +114,7 @@ class SequenceMatchConfig(SFTConfig):
     noise_source: str = field(
         default="data",
         metadata={
-            "help": "'data': noise from the batch's completion tokens; 'uniform': any vocabulary token.",
+            "help": "'data': noise from the training completions' tokens; 'uniform': any vocabulary token.",
             "choices": ["data", "uniform"],
         },
     )
@@ -233,16 +234,19 @@ class SequenceMatchTrainer(CardMixin, LossOnlyEvaluation, SFTTrainer):
         self._pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self._eos[0]
         self._special = set(tokenizer.all_special_ids) | {self.bkspc_id}
         self._vocab_size = len(tokenizer)
+        self._noise_ids = self._noise_token_ids()
         self.buffer: list[Trajectory] = []
         self._micro = (None, 0)
         self._refreshed: int | None = None  # the global step of the last refresh (a step refreshes once)
         self.add_callback(_SaveBuffer(self))
 
     # ------------------------------------------------------------------ randomness
-    def _generator(self, purpose: str, micro: int = 0, device: torch.device | str = "cpu") -> torch.Generator:
+    def _generator(
+        self, purpose: str, micro: int = 0, device: torch.device | str = "cpu", mode: str | None = None
+    ) -> torch.Generator:
         """A generator seeded by (seed, purpose, step, rank, micro-batch): the same decisions on every process, and
         after a resume the same as in an uninterrupted run; training's own RNG (dropout, data order) is untouched."""
-        mode = "train" if self.model.training else "eval"
+        mode = mode or ("train" if self.model.training else "eval")
         tag = f"{mode}/{purpose}/{micro}"
         seed = sampling_seed(self.args.seed, self.state.global_step, self.accelerator.process_index, tag)
         return torch.Generator(device).manual_seed(seed)
@@ -255,27 +259,34 @@ class SequenceMatchTrainer(CardMixin, LossOnlyEvaluation, SFTTrainer):
         return micro
 
     # ------------------------------------------------------------------ trajectories
-    def _data_trajectories(self, inputs: dict[str, torch.Tensor], micro: int) -> list[Trajectory]:
-        """SFT's rows as trajectories: prompt = tokens before the first scored one; noise inserted before actions."""
+    def _data_trajectories(self, inputs: dict[str, torch.Tensor]) -> list[Trajectory]:
+        """SFT's rows as trajectories: prompt = tokens before the first scored one; noise inserted before actions.
+
+        A row's noise is seeded by (seed, mode, global step, the row's tokens), not by its place in the batch, so how
+        the rows are split over micro-batches and processes does not change it (accumulation and multi-process runs
+        match one big batch exactly, tested).
+        """
         ids, labels, att = inputs["input_ids"].tolist(), inputs["labels"].tolist(), inputs["attention_mask"].tolist()
-        rng = random.Random(int(torch.randint(2**62, (1,), generator=self._generator("noise", micro))))
+        mode = "train" if self.model.training else "eval"
         rows = []
         for row, lab, mask in zip(ids, labels, att):
             n = sum(mask)
             scored = [i for i in range(1, n) if lab[i] != IGNORE_INDEX]
             start = scored[0] if scored else n - 1
             rows.append((row[:start], row[start:n], [lab[i] != IGNORE_INDEX or i == start for i in range(start, n)]))
-        noise_ids = self._noise_ids([c for _, c, _ in rows])
         out = []
         for prompt, completion, is_action in rows:
             if self.args.noise_prob > 0 and all(is_action):
+                rng = random.Random(
+                    sampling_seed(self.args.seed, self.state.global_step, mode, str(prompt + completion))
+                )
                 out.append(
                     augment_with_noise(
                         prompt,
                         completion,
                         p=self.args.noise_prob,
                         bkspc_id=self.bkspc_id,
-                        noise_ids=noise_ids,
+                        noise_ids=self._noise_ids,
                         rng=rng,
                     )
                 )
@@ -283,12 +294,21 @@ class SequenceMatchTrainer(CardMixin, LossOnlyEvaluation, SFTTrainer):
                 out.append(Trajectory(prompt, completion, is_action))
         return out
 
-    def _noise_ids(self, completions: list[list[int]]) -> list[int]:
-        if self.args.noise_source == "data":
-            ids = sorted({t for c in completions for t in c} - self._special)
-            if len(ids) >= 2:
-                return ids
-        return [t for t in range(self._vocab_size) if t not in self._special]
+    def _noise_token_ids(self) -> list[int]:
+        """Noise tokens: those of the training completions (the first 10,000 rows) for ``noise_source="data"``, else
+        the whole vocabulary; never a special token or ``<bkspc>``. Fixed for the run, so no batch changes them."""
+        ids: set[int] = set()
+        dataset = self.train_dataset
+        if self.args.noise_source == "data" and dataset is not None and hasattr(dataset, "select"):
+            rows = dataset.select(range(min(len(dataset), 10_000)))
+            masks = rows["completion_mask"] if "completion_mask" in rows.column_names else None
+            for i, tokens in enumerate(rows["input_ids"]):
+                mask = masks[i] if masks is not None else [0] + [1] * (len(tokens) - 1)
+                ids.update(t for t, m in zip(tokens, mask) if m)
+        ids -= self._special
+        if len(ids) < 2:
+            ids = set(range(self._vocab_size)) - self._special
+        return sorted(ids)
 
     def _rollout_prompts(self, count: int, generator: torch.Generator) -> tuple[list[list[int]], int]:
         """``count`` prompts of training rows (seeded draw) and the longest completion among those rows."""
@@ -307,8 +327,11 @@ class SequenceMatchTrainer(CardMixin, LossOnlyEvaluation, SFTTrainer):
     @torch.no_grad()
     def refresh_buffer(self, model: torch.nn.Module) -> None:
         """Sample rollouts from the current policy and push them into the FIFO replay buffer."""
-        generator = self._generator("rollout", device=self.accelerator.device)
-        prompts, longest = self._rollout_prompts(self.args.rollouts_per_refresh, self._generator("prompts"))
+        # Explicit mode: the first step of a run (or of a resumed run) comes before the Trainer's ``model.train()``.
+        generator = self._generator("rollout", device=self.accelerator.device, mode="train")
+        prompts, longest = self._rollout_prompts(
+            self.args.rollouts_per_refresh, self._generator("prompts", mode="train")
+        )
         budget = (self.args.max_length or 10**9) - max(len(p) for p in prompts)
         if budget < 1:
             raise ValueError(f"A prompt fills `max_length`={self.args.max_length}: no room for a rollout.")
@@ -353,7 +376,7 @@ class SequenceMatchTrainer(CardMixin, LossOnlyEvaluation, SFTTrainer):
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         mode = "train" if self.model.training else "eval"
         micro = self._next_micro()
-        data = self._data_trajectories(inputs, micro)
+        data = self._data_trajectories(inputs)
         rollouts = self._rollouts(micro) if self._sm_active() else []
         trajectories = data + rollouts
         dtype = next(p for p in model.parameters()).dtype
