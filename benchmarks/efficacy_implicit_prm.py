@@ -43,7 +43,7 @@ def _fmt(values: list[float]) -> str:
     return f"{statistics.fmean(values):.3f} ± {std:.3f}"
 
 
-def main(argv: list[str] | None = None) -> None:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--loss_types", nargs="+", default=["ce"], choices=["ce", "dpo"])
@@ -51,41 +51,75 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--beta", type=float, default=0.5)
     parser.add_argument("--epochs", type=float, default=2.0)
     parser.add_argument("--responses_per_prompt", type=int, default=4, help="dpo pairs responses of one prompt")
+    parser.add_argument("--ns", type=int, nargs="+", default=[4, 16], help="best-of-N sizes (the largest is sampled)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--output_dir", default=None)
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
+
+
+def _best_of_n_curve(out: dict, setup: PRMSetup, ref_dir: str, ns: list[int]) -> dict[str, dict[str, float]]:
+    """Best-of-N for every N in ``ns``, on the held-out candidates ``implicit_prm_vs_controls`` scored for N 4, 16."""
+    from trl_likelihood.lab import load_reference, run_prm_efficacy
+    from trl_likelihood.scoring import ImplicitPRM
+
+    reference, tokenizer = load_reference(ref_dir)
+    sep = out["task"].step_separator
+    prm = ImplicitPRM(out["trainer"].model, reference, tokenizer, beta=setup.beta, step_separator=sep, batch_size=512)
+    curve = run_prm_efficacy(
+        out["task"], reference, {"implicit_prm": prm.score}, setup.num_eval, setup.num_prompts, ns
+    )
+    return {arm: {k: v for k, v in metrics.items() if k.startswith("bon")} for arm, metrics in curve.items()}
+
+
+def run_seed(seed: int, args: argparse.Namespace, root: str) -> dict[str, dict[str, float]]:
+    """One seed through the shared protocol, with best-of-N for every N in ``args.ns``.
+
+    Returns ``{"implicit_prm_<loss>": ..., "log_pi_ref": ..., "random": ..., "baselines": ..., "reference": ...}``.
+    """
+    run: dict[str, dict[str, float]] = {}
+    for loss_type in args.loss_types:
+        setup = PRMSetup(seed=seed, num_labels=args.num_labels, beta=args.beta, epochs=args.epochs,
+                         loss_type=loss_type, responses_per_prompt=args.responses_per_prompt)  # fmt: skip
+        out = implicit_prm_vs_controls(setup, f"{root}/seed{seed}")
+        controls = {key: out[key] for key in ("log_pi_ref", "random", "baselines", "reference")}
+        run |= {f"implicit_prm_{loss_type}": out["implicit_prm"], **controls}
+        if sorted(args.ns) != [4, 16]:  # the protocol reads N = 4 and 16; other sizes on the same candidates
+            curve = _best_of_n_curve(out, setup, f"{root}/seed{seed}/reference", args.ns)
+            run[f"implicit_prm_{loss_type}"] = out["implicit_prm"] | curve["implicit_prm"]
+            run |= {key: run[key] | curve[key] for key in ("log_pi_ref", "random", "baselines")}
+        print(f"seed {seed} {loss_type}: " + ", ".join(f"{k} {out['implicit_prm'][k]:.3f}" for k in STEP_METRICS))
+    return run
+
+
+def markdown_table(runs: dict[int, dict], args: argparse.Namespace) -> str:
+    """Mean ± std over seeds of every scorer's step and best-of-N metrics, then the selection baselines."""
+    names = {f"implicit_prm_{loss}": f"implicit PRM ({loss})" for loss in args.loss_types}
+    names |= {"log_pi_ref": "log pi_ref (control)", "random": "random scorer"}
+    lines = ["| scorer | " + " | ".join(STEP_METRICS.values()) + " |", "|---" * (len(STEP_METRICS) + 1) + "|"]
+    for key, name in names.items():
+        lines.append(
+            f"| {name} | " + " | ".join(_fmt([r[key][m] for r in runs.values()]) for m in STEP_METRICS) + " |"
+        )
+    lines += ["", "| selection baseline | accuracy |", "|---|---|"]
+    for key, label in BASELINES.items():
+        lines.append(f"| {label} | {_fmt([r['baselines'][key] for r in runs.values()])} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
     torch.set_num_threads(args.threads)
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
     datasets.disable_progress_bars()
     start = time.perf_counter()
-    arms: dict[str, list[dict]] = {}
     with tempfile.TemporaryDirectory() as tmp:
-        root = args.output_dir or tmp
-        for seed in args.seeds:
-            for loss_type in args.loss_types:
-                setup = PRMSetup(seed=seed, num_labels=args.num_labels, beta=args.beta, epochs=args.epochs,
-                                 loss_type=loss_type, responses_per_prompt=args.responses_per_prompt)  # fmt: skip
-                out = implicit_prm_vs_controls(setup, f"{root}/seed{seed}")
-                arms.setdefault(f"implicit PRM ({loss_type})", []).append(out["implicit_prm"])
-                print(
-                    f"seed {seed} {loss_type}: " + ", ".join(f"{k} {out['implicit_prm'][k]:.3f}" for k in STEP_METRICS)
-                )
-            arms.setdefault("log pi_ref (control)", []).append(out["log_pi_ref"])
-            arms.setdefault("random scorer", []).append(out["random"])
-            arms.setdefault("baselines", []).append(out["baselines"])
+        runs = {seed: run_seed(seed, args, args.output_dir or tmp) for seed in args.seeds}
     print(
         f"\nImplicit PRM on modular addition with bug cells: {args.num_labels} outcome labels, beta {args.beta}, "
         f"{args.epochs:g} epochs, seeds {args.seeds}; mean ± std over seeds.\n"
     )
-    print("| scorer | " + " | ".join(STEP_METRICS.values()) + " |")
-    print("|---" * (len(STEP_METRICS) + 1) + "|")
-    for name, runs in arms.items():
-        if name != "baselines":
-            print(f"| {name} | " + " | ".join(_fmt([r[k] for r in runs]) for k in STEP_METRICS) + " |")
-    print("\n| selection baseline | accuracy |\n|---|---|")
-    for key, label in BASELINES.items():
-        print(f"| {label} | {_fmt([r[key] for r in arms['baselines']])} |")
+    print(markdown_table(runs, args))
     print(f"\nWall time: {time.perf_counter() - start:.0f} s ({torch.get_num_threads()} thread(s)).")
 
 

@@ -16,11 +16,13 @@ import trl
 
 # TRL 1.16: the chunked LM head that returns per-token log-probs without building (B, T, V) logits, and the helper
 # DPO/KTO use to switch dropout off (a ratio to a dropout-free reference must not be noisy on one side).
-from trl.trainer.utils import add_fused_lm_head, disable_dropout_in_model  # noqa: F401  (re-exported)
-
 # TRL 1.16: how SFTTrainer turns a model id into a model (dtype strings, float32 default). SequenceMatch must add its
 # <bkspc> token before SFT wraps the model in PEFT, so it loads the model itself, the same way.
-from trl.trainer.utils import create_model_from_path  # noqa: F401  (re-exported)
+from trl.trainer.utils import (  # noqa: F401  (re-exported)
+    add_fused_lm_head,
+    create_model_from_path,  # noqa: F401  (re-exported)
+    disable_dropout_in_model,
+)
 
 TESTED_TRL = ("1.16",)
 

@@ -1,0 +1,161 @@
+"""The lab experiments' plots, shared by ``benchmarks/efficacy.py`` (mean ± std over seeds) and ``trl-likelihood demo``
+(one seed, no error bars).
+
+Every function takes a list of per-seed results in the form the experiment returns and writes one small PNG (Agg
+backend, no display needed); the mean over seeds is drawn with its standard deviation as error bars.
+
+- ``plot_mixce``: mass on impossible tokens and per-context JS against eta, as the change vs MLE (``eta = 1``)
+  within each seed (``mixce_vs_mle``).
+- ``plot_implicit_prm``: step AUROC per scorer, and best-of-N accuracy against N with the selection baselines
+  (``implicit_prm_vs_controls``).
+- ``plot_ddo``: invalid-sample rate and per-context JS at the end of each round, DDO and MLE (``ddo_vs_mle``).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+Run = Mapping[Any, Mapping[str, float]]  # one seed: arm -> metric -> value
+DPI = 90  # small files: they are committed under benchmarks/results/
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only; no display on CI or a server
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def mean_std(runs: Sequence[Run], arm: Any, metric: str) -> tuple[float, float]:
+    """Mean and sample standard deviation over seeds (0 for one seed)."""
+    values = np.array([run[arm][metric] for run in runs], dtype=np.float64)
+    return float(values.mean()), float(values.std(ddof=1)) if len(values) > 1 else 0.0
+
+
+def _series(runs: Sequence[Run], points: Sequence[tuple[Any, str]]) -> tuple[np.ndarray, np.ndarray]:
+    """Means and standard deviations of ``(arm, metric)`` points, as two arrays."""
+    stats = np.array([mean_std(runs, arm, metric) for arm, metric in points])
+    return stats[:, 0], stats[:, 1]
+
+
+def _save(fig: Any, path: str) -> str:
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=DPI)
+    _pyplot().close(fig)
+    return path
+
+
+def _title(runs: Sequence[Run]) -> str:
+    return f"mean ± std over {len(runs)} seeds" if len(runs) > 1 else "one seed"
+
+
+def paired_change(runs: Sequence[Run], arm: Any, control: Any, metric: str) -> tuple[float, float]:
+    """Mean and std over seeds of the % change of ``arm`` vs ``control`` within each seed (the task varies by seed,
+    so the spread of absolute values hides an effect that every seed shows)."""
+    values = np.array([100.0 * (run[arm][metric] / run[control][metric] - 1.0) for run in runs])
+    return float(values.mean()), float(values.std(ddof=1)) if len(values) > 1 else 0.0
+
+
+def plot_mixce(runs: Sequence[Mapping[float, Mapping[str, float]]], path: str) -> str:
+    """Mass on impossible tokens and per-context JS against eta, as the % change vs MLE (``eta = 1``) within each
+    seed; runs map eta (float) -> ``bigram_metrics``."""
+    plt = _pyplot()
+    etas = sorted(key for key in runs[0] if isinstance(key, float))
+    fig, axes = plt.subplots(1, 2, figsize=(8, 3.2))
+    for ax, (metric, label) in zip(axes, [("zero_mass", "mass on impossible tokens"), ("js", "per-context JS")]):
+        stats = np.array([paired_change(runs, eta, 1.0, metric) for eta in etas])
+        ax.errorbar(etas, stats[:, 0], yerr=stats[:, 1], marker="o", capsize=3, color="tab:blue", label="MixCE")
+        ax.axhline(0.0, color="gray", linestyle="--", linewidth=1, label="MLE (eta = 1)")
+        ax.set_title(f"{label} (lower is better)", fontsize=9)
+        ax.set_xlabel("eta (weight of the forward/MLE term)")
+        ax.set_ylabel("% change vs MLE, same seed")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle(f"MixCE vs MLE, sparse bigram, same steps from one warm start ({_title(runs)})", fontsize=10)
+    return _save(fig, path)
+
+
+def _best_of_n_sizes(run: Run, arm: str) -> list[int]:
+    return sorted(int(m.group(1)) for key in run[arm] if (m := re.fullmatch(r"bon(\d+)_min", key)))
+
+
+def plot_implicit_prm(runs: Sequence[Mapping[str, Mapping[str, float]]], path: str) -> str:
+    """Step AUROC per scorer, and best-of-N accuracy against N; runs hold ``implicit_prm_vs_controls``'s dicts.
+
+    Every arm whose key starts with ``implicit_prm`` is a PRM (e.g. ``implicit_prm_ce``); the controls are
+    ``log_pi_ref`` and ``random``, the selection baselines come from ``baselines``. The PRM's outcome-only selection
+    is the sum of its step rewards (its outcome reward), next to majority vote over final answers.
+    """
+    plt = _pyplot()
+    prms = sorted(key for key in runs[0] if str(key).startswith("implicit_prm"))
+    names = {
+        key: "implicit PRM" + (f" ({key[len('implicit_prm_') :]})" if key != "implicit_prm" else "") for key in prms
+    }
+    names |= {"log_pi_ref": "log pi_ref (control)", "random": "random scorer"}
+    scorers = [*prms, "log_pi_ref", "random"]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.4))
+    metrics = [("bug_auroc", "errors pi_ref prefers"), ("step_auroc", "all steps")]
+    width = 0.8 / len(scorers)
+    for i, scorer in enumerate(scorers):
+        mean, std = _series(runs, [(scorer, metric) for metric, _ in metrics])
+        bars = left.bar(np.arange(len(metrics)) + (i - (len(scorers) - 1) / 2) * width, mean, width, yerr=std,
+                        capsize=3, label=names[scorer])  # fmt: skip
+        left.bar_label(bars, fmt="%.2f", fontsize=7, padding=2)  # a bar at 0 (the control on bug cells) shows too
+    left.axhline(0.5, color="gray", linestyle=":", linewidth=1)
+    left.set_xticks(np.arange(len(metrics)), [label for _, label in metrics])
+    left.set_ylabel("step AUROC (chance 0.5)")
+    left.set_ylim(0, 1.35)
+    left.legend(fontsize=7, loc="upper center", ncol=2)
+    left.set_title("Step-level credit", fontsize=9)
+    sizes = _best_of_n_sizes(runs[0], prms[0])
+    curves = [(prms[0], "min", names[prms[0]] + ", min step reward", "tab:blue", "-"),
+              (prms[0], "sum", names[prms[0]] + ", outcome reward", "tab:cyan", "-"),
+              ("log_pi_ref", "min", "log pi_ref, min step (control)", "tab:orange", "-"),
+              ("baselines", "majority", "majority vote (outcome only)", "tab:green", "--"),
+              ("baselines", "random", "random pick", "gray", "--"),
+              ("baselines", "oracle", "oracle (any correct)", "black", ":")]  # fmt: skip
+    for arm, kind, label, color, style in curves:
+        mean, std = _series(runs, [(arm, f"bon{n}_{kind}") for n in sizes])
+        right.errorbar(sizes, mean, yerr=std, marker="o", capsize=3, color=color, linestyle=style, label=label)
+    right.set_xscale("log", base=2)
+    right.set_xticks(sizes, [str(n) for n in sizes])
+    right.set_xlabel("N (candidates sampled from pi_ref)")
+    right.set_ylabel("best-of-N accuracy")
+    right.legend(fontsize=7)
+    right.grid(alpha=0.3)
+    right.set_title("Best-of-N selection", fontsize=9)
+    fig.suptitle(f"Implicit PRM from outcome labels, modular addition with bug cells ({_title(runs)})", fontsize=10)
+    return _save(fig, path)
+
+
+def ddo_steps(run: Mapping[str, Any], prefix: str = "") -> list[int]:
+    """The steps at which ``ddo_vs_mle`` read both arms (the end of each round), in order."""
+    return sorted(int(key.split("@")[1]) for key in run if key.startswith(f"{prefix}ddo@"))
+
+
+def plot_ddo(runs: Sequence[Mapping[str, Mapping[str, float]]], path: str) -> str:
+    """Invalid-sample rate and per-context JS per round, DDO and continued MLE from the same reference (round 0)."""
+    plt = _pyplot()
+    steps = ddo_steps(runs[0])
+    rounds = list(range(len(steps) + 1))
+    fig, axes = plt.subplots(1, 2, figsize=(8, 3.2))
+    for ax, (metric, label) in zip(axes, [("invalid_rate", "invalid-sample rate"), ("js", "per-context JS")]):
+        for arm, color in (("ddo", "tab:red"), ("mle", "gray")):
+            mean, std = _series(runs, [(key, metric) for key in ["reference", *[f"{arm}@{s}" for s in steps]]])
+            name = "DDO" if arm == "ddo" else "MLE, same steps (control)"
+            ax.errorbar(rounds, mean, yerr=std, marker="o", capsize=3, color=color, label=name)
+        ax.set_xticks(rounds, ["ref"] + [f"{r}\n({s} steps)" for r, s in zip(rounds[1:], steps)])
+        ax.set_xlabel("DDO round")
+        ax.set_title(f"{label} (lower is better)", fontsize=9)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle(f"DDO vs MLE from an over-dispersed reference, sparse bigram ({_title(runs)})", fontsize=10)
+    return _save(fig, path)
