@@ -34,6 +34,7 @@ import datasets  # noqa: E402
 import efficacy_ddo  # noqa: E402
 import efficacy_implicit_prm  # noqa: E402
 import efficacy_mixce  # noqa: E402
+import efficacy_sequencematch  # noqa: E402
 import torch  # noqa: E402
 from transformers.utils import logging as hf_logging  # noqa: E402
 
@@ -112,6 +113,19 @@ METHODS: dict[str, Method] = {
         full=["--no_control"],  # the negative control is its own study: benchmarks/efficacy_ddo.py --optimal_control
         quick=["--rounds", "2", "--round_steps", "10", "--ref_steps", "20", "--no_control"]
         + ["--eval_sequences", "100", "--eval_samples", "200"],
+    ),
+    "sequencematch": Method(
+        title="SequenceMatch vs BC vs MLE (2-digit addition, recovery from a corrupted answer start)",
+        summary=(
+            "Per seed: an MLE warm start on clean data and a BC warm start on noise-augmented data (p = 0.1: a wrong "
+            "digit then <bkspc>), both from the same initial weights; then MLE, BC and SequenceMatch (from the BC "
+            "warm start, 0.5 BC + 0.5 L_SM with replay-buffer rollouts) for the same steps. Sampled at temperature 1 "
+            "on 1,000 held-out problems, backspaces applied; recovery = the right answer after a forced wrong answer "
+            "start. Higher is better, except the NLL."
+        ),
+        benchmark=efficacy_sequencematch,
+        plot=plots.plot_sequencematch,
+        quick=["--warm_steps", "30", "--steps", "10", "--eval_problems", "100"],
     ),
 }
 

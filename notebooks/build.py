@@ -6,7 +6,7 @@ reproducible. ``tests/test_notebooks.py`` checks that the stored files match and
 
 Each quickstart trains on an embedded lab task (``trl_likelihood/lab``: no download, CPU, about a minute), makes the
 one-line swap from the TRL trainer it replaces, looks at the logged metrics and one plot, and saves the model with its
-card. To add a method (SequenceMatch next): write ``quickstarts/<method>.py`` with ``cells()`` and ``QUICKSTART``
+card. To add a method: write ``quickstarts/<method>.py`` with ``cells()`` and ``QUICKSTART``
 (copy ``mixce.py``, also an ``SFTTrainer`` swap) and list it in ``NOTEBOOKS``.
 """
 
@@ -19,11 +19,16 @@ from pathlib import Path
 import nbformat
 from nbformat import NotebookNode
 from nbformat.v4 import new_notebook
-from quickstarts import ddo, implicit_prm, mixce  # notebooks/ is this script's directory, so first on sys.path
+from quickstarts import ddo, implicit_prm, mixce, sequencematch  # this script's folder is first on sys.path
 from quickstarts.cells import Quickstart
 
 HERE = Path(__file__).resolve().parent
-NOTEBOOKS: list[Quickstart] = [mixce.QUICKSTART, implicit_prm.QUICKSTART, ddo.QUICKSTART]
+NOTEBOOKS: list[Quickstart] = [
+    mixce.QUICKSTART,
+    implicit_prm.QUICKSTART,
+    ddo.QUICKSTART,
+    sequencematch.QUICKSTART,
+]
 
 
 def notebook(quickstart: Quickstart) -> NotebookNode:

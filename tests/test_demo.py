@@ -16,18 +16,22 @@ def test_demo_all_methods_prints_one_table_saves_cards_and_plots(tmp_path, capsy
     captured = capsys.readouterr()
     out = captured.out
     assert out.count("| method | control | metric |") == 1  # one combined table
-    for row in ("| MixCE eta=0.1 | MLE, 20 steps |", "| implicit PRM | log pi_ref", "| DDO, 1 round | MLE, 10 steps"):
+    rows = ("| MixCE eta=0.1 | MLE, 20 steps |", "| implicit PRM | log pi_ref", "| DDO, 1 round | MLE, 10 steps")
+    for row in (*rows, "| SequenceMatch | MLE, 50 steps |"):
         assert row in out
     assert "mass on impossible tokens" in out and "best-of-16 accuracy" in out
     assert "{'loss'" not in out  # training logs stay out of the output
-    assert "9/9" in captured.err  # the progress bar went through every stage (4 MixCE, 2 PRM, 3 DDO)
-    for plot in ("mixce.png", "implicit-prm.png", "ddo.png"):
+    assert "14/14" in captured.err  # every stage: 4 MixCE, 2 PRM, 3 DDO, 5 SequenceMatch
+    assert "recovery from a wrong 1st digit" in out
+    for plot in ("mixce.png", "implicit-prm.png", "ddo.png", "sequencematch.png"):
         assert os.path.getsize(tmp_path / plot) > 5_000 and str(tmp_path / plot) in out
-    for arm in ("mixce/mle", "mixce/mixce-eta0.1", "implicit-prm/implicit-prm-ce", "ddo/mle", "ddo/ddo"):
+    arms = ("mixce/mle", "mixce/mixce-eta0.1", "implicit-prm/implicit-prm-ce", "ddo/mle", "ddo/ddo")
+    for arm in (*arms, "sequencematch/mle", "sequencematch/sm"):
         files = set(os.listdir(tmp_path / arm))
         assert {"README.md", "tokenizer.json"} <= files and any(f.endswith(".safetensors") for f in files), arm
     assert "eta" in (tmp_path / "mixce" / "mixce-eta0.1" / "README.md").read_text()
     assert "DDO" in (tmp_path / "ddo" / "ddo" / "README.md").read_text()
+    assert "<bkspc>" in (tmp_path / "sequencematch" / "sm" / "README.md").read_text()
 
 
 def test_combined_table_changes():

@@ -17,7 +17,7 @@ import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-METHODS = ("mixce", "implicit-prm", "ddo")
+METHODS = ("mixce", "implicit-prm", "ddo", "sequencematch")
 Progress = Callable[[str], None]
 
 
@@ -151,11 +151,50 @@ def run_ddo(steps: int, seed: int, output_dir: str, progress: Progress) -> Repor
     )
 
 
+def run_sequencematch(steps: int, seed: int, output_dir: str, progress: Progress) -> Report:
+    """SequenceMatch vs MLE on digit addition: recovery from a forced wrong answer start (BC shown too)."""
+    from .lab.backtracking import SMSetup, sequencematch_vs_bc
+    from .lab.plots import plot_sequencematch
+
+    # Shorter than the 3-seed study (2,000 + 600 steps): warm starts of 2 x steps, then steps / 2 per arm.
+    setup = SMSetup(
+        seed=seed, warm_steps=max(2 * steps, 1), arm_steps=max(steps // 2, 1), eval_problems=500, batch_size=64
+    )
+    out_dir = os.path.join(output_dir, "sequencematch")
+    result = sequencematch_vs_bc(setup, out_dir, on_arm=progress)
+    for trainer in result["trainers"].values():
+        trainer.save_model()
+    result["trainers"]["MLE"].create_model_card()  # TRL's SFTTrainer writes its card only with a checkpoint or a push
+    m = result["metrics"]
+    plot = plot_sequencematch([m], os.path.join(output_dir, "sequencematch.png"))
+    columns = {
+        "accuracy": "clean accuracy (higher is better)",
+        "recovery_first": "recovery from a wrong 1st digit (higher is better)",
+        "recovery_two": "recovery from two wrong digits (higher is better)",
+        "bkspc_rate_clean": "<bkspc> use on clean prompts",
+    }
+    total = setup.warm_steps + setup.arm_steps
+    return Report(
+        method="SequenceMatch",
+        control=f"MLE, {total} steps",
+        description=(
+            f"SequenceMatch: 2-digit addition (answer least significant digit first); a wrong answer start is forced "
+            f"and may be deleted with <bkspc>. {setup.warm_steps} BC steps on data with noise p={setup.noise_prob:g} "
+            f"(a wrong digit then <bkspc>), then {setup.arm_steps} SequenceMatch steps; MLE: {total} steps on clean "
+            f"data. BC at the same steps: recovery {m['BC']['recovery_first']:.3f} (1st digit), "
+            f"{m['BC']['recovery_two']:.3f} (two digits)."
+        ),
+        rows=[Row(label, m["MLE"][key], m["SM"][key], relative=False) for key, label in columns.items()],
+        files=[f"{out_dir}/{{mle,bc,sm}} (models and cards)", plot],
+    )
+
+
 # method -> (runner, number of progress stages it reports)
 RUNNERS: dict[str, tuple[Callable[[int, int, str, Progress], Report], int]] = {
     "mixce": (run_mixce, 4),  # warm start, eta 1, 0.5, 0.1
     "implicit-prm": (run_implicit_prm, 2),  # reference, PRM
     "ddo": (run_ddo, 3),  # reference, MLE, DDO
+    "sequencematch": (run_sequencematch, 5),  # MLE warm start, BC warm start, MLE, BC, SM
 }
 
 

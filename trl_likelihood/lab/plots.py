@@ -9,6 +9,8 @@ backend, no display needed); the mean over seeds is drawn with its standard devi
 - ``plot_implicit_prm``: step AUROC per scorer, and best-of-N accuracy against N with the selection baselines
   (``implicit_prm_vs_controls``).
 - ``plot_ddo``: invalid-sample rate and per-context JS at the end of each round, DDO and MLE (``ddo_vs_mle``).
+- ``plot_sequencematch``: clean accuracy and recovery from each corrupted answer start, MLE vs BC vs SequenceMatch
+  (``sequencematch_vs_bc``).
 """
 
 from __future__ import annotations
@@ -158,4 +160,36 @@ def plot_ddo(runs: Sequence[Mapping[str, Mapping[str, float]]], path: str) -> st
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.suptitle(f"DDO vs MLE from an over-dispersed reference, sparse bigram ({_title(runs)})", fontsize=10)
+    return _save(fig, path)
+
+
+SM_BARS = (
+    ("accuracy", "clean"),
+    ("recovery_first", "wrong 1st\ndigit"),
+    ("recovery_later", "wrong 2nd\ndigit"),
+    ("recovery_two", "two wrong\ndigits"),
+    ("recovery_buried", "wrong 1st,\nright 2nd"),
+)
+
+
+def plot_sequencematch(runs: Sequence[Mapping[str, Mapping[str, float]]], path: str) -> str:
+    """Clean accuracy and recovery accuracy per corruption of the answer start, one bar per arm."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(8, 3.2))
+    x = np.arange(len(SM_BARS))
+    arms = (
+        ("MLE", "gray", "MLE (control)"),
+        ("BC", "tab:blue", "BC (MLE + <bkspc> data)"),
+        ("SM", "tab:red", "SequenceMatch"),
+    )
+    for i, (arm, color, label) in enumerate(arms):
+        mean, std = _series(runs, [(arm, key) for key, _ in SM_BARS])
+        ax.bar(x + (i - 1) * 0.27, mean, 0.27, yerr=std, capsize=2, color=color, label=label)
+    ax.set_xticks(x, [label for _, label in SM_BARS], fontsize=8)
+    ax.set_ylabel("exact-match accuracy")
+    ax.set_ylim(0, 1.05)
+    ax.axvline(0.5, color="black", lw=0.5)
+    ax.legend(fontsize=7, loc="upper right")
+    ax.grid(alpha=0.3, axis="y")
+    fig.suptitle(f"Recovery from a corrupted answer start, 2-digit addition ({_title(runs)})", fontsize=10)
     return _save(fig, path)

@@ -103,8 +103,9 @@ class SequenceMatchConfig(SFTConfig):
         replay_buffer_size (`int`, defaults to `256`), replay_refresh_steps (`int`, defaults to `50`),
             rollouts_per_refresh (`int`, defaults to `64`), rollouts_per_step (`int`, *optional*, defaults to the
             per-device batch size): the replay buffer of model trajectories; set `rollouts_per_step=0` for no rollouts.
-        rollout_max_new_tokens (`int`, *optional*): most actions per rollout; by default twice the longest completion
-            among the sampled prompts' rows (room for backspaces), within `max_length`.
+        rollout_max_new_tokens (`int`, *optional*): most actions per rollout (`<bkspc>` included, so it may exceed
+            `max_length`); by default twice the longest completion among the sampled prompts' rows, and at most twice
+            the room `max_length` leaves after the prompt.
         rollout_temperature (`float`, defaults to `1.0`): sampling temperature of the rollouts.
     """
 
@@ -332,13 +333,14 @@ class SequenceMatchTrainer(CardMixin, LossOnlyEvaluation, SFTTrainer):
         prompts, longest = self._rollout_prompts(
             self.args.rollouts_per_refresh, self._generator("prompts", mode="train")
         )
+        # Backspaces make the token stream longer than what survives of it: room for 2x the tokens max_length leaves.
         budget = (self.args.max_length or 10**9) - max(len(p) for p in prompts)
         if budget < 1:
             raise ValueError(f"A prompt fills `max_length`={self.args.max_length}: no room for a rollout.")
         samples = sample_with_backspace(
             self.accelerator.unwrap_model(model),
             prompts,
-            min(self.args.rollout_max_new_tokens or 2 * longest, budget),
+            self.args.rollout_max_new_tokens or min(2 * longest, 2 * budget),
             bkspc_token_id=self.bkspc_id,
             eos_token_id=self._eos,
             pad_token_id=self._pad,
