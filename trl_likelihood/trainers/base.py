@@ -213,3 +213,27 @@ class LossOnlyEvaluation:
         with torch.no_grad(), self.compute_loss_context_manager():
             loss = self.compute_loss(model, inputs)
         return loss.detach(), None, None
+
+
+def check_config_fields(
+    config: Any,
+    numbers: tuple[tuple[str, Any, str], ...] = (),
+    integers: tuple[tuple[str, int], ...] = (),
+    choices: tuple[tuple[str, tuple[str, ...]], ...] = (),
+) -> None:
+    """Refuse bad method fields when the config is built, naming the field and what it must be.
+
+    ``numbers``: ``(name, predicate, "a number in ...")`` (bools refused); ``integers``: ``(name, lowest)``, ``None``
+    allowed for optional fields; ``choices``: ``(name, allowed strings)``.
+    """
+    for name, ok, expected in numbers:
+        value = getattr(config, name)
+        if isinstance(value, bool) or not isinstance(value, int | float) or not ok(value):
+            raise ValueError(f"`{name}` must be {expected}, got {value!r}.")
+    for name, low in integers:
+        value = getattr(config, name)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < low):
+            raise ValueError(f"`{name}` must be an integer >= {low}, got {value!r}.")
+    for name, allowed in choices:
+        if getattr(config, name) not in allowed:
+            raise ValueError(f"`{name}` must be one of {allowed}, got {getattr(config, name)!r}.")

@@ -60,7 +60,7 @@ from ..cards import CardInfo
 from ..data import validate_sft_datasets
 from ..generation import sample_with_backspace, sampling_seed
 from ..losses import IGNORE_INDEX, action_nll, sequencematch_loss
-from .base import CardMixin, LossOnlyEvaluation, resolve_args
+from .base import CardMixin, LossOnlyEvaluation, check_config_fields, resolve_args
 
 logger = get_logger(__name__)
 BUFFER_STATE = "sequencematch_buffer_rank{rank}.pt"  # in each checkpoint: this process's replay buffer
@@ -138,36 +138,30 @@ class SequenceMatchConfig(SFTConfig):
 
     def __post_init__(self):
         super().__post_init__()
-        checks = (
-            ("noise_prob", lambda v: 0 <= v < 1, "a number in [0, 1)"),
-            ("gamma", lambda v: 0 < v <= 1, "a number in (0, 1]"),
-            ("chi2_coef", lambda v: v >= 0, "a number >= 0"),
-            ("sm_weight", lambda v: 0 <= v <= 1, "a number in [0, 1]"),
-            ("rollout_temperature", lambda v: v > 0, "a positive number"),
+        check_config_fields(
+            self,
+            numbers=(
+                ("noise_prob", lambda v: 0 <= v < 1, "a number in [0, 1)"),
+                ("gamma", lambda v: 0 < v <= 1, "a number in (0, 1]"),
+                ("chi2_coef", lambda v: v >= 0, "a number >= 0"),
+                ("sm_weight", lambda v: 0 <= v <= 1, "a number in [0, 1]"),
+                ("rollout_temperature", lambda v: v > 0, "a positive number"),
+            ),
+            integers=(
+                ("bc_steps", 0),
+                ("replay_buffer_size", 1),
+                ("replay_refresh_steps", 1),
+                ("rollouts_per_refresh", 1),
+                ("rollouts_per_step", 0),
+                ("rollout_max_new_tokens", 1),
+                ("horizon", 1),
+            ),
+            choices=(
+                ("noise_source", ("data", "uniform")),
+                ("divergence", ("chi2", "kl")),
+                ("terminal", ("absorbing", "zero")),
+            ),
         )
-        for name, ok, expected in checks:
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int | float) or not ok(value):
-                raise ValueError(f"`{name}` must be {expected}, got {value!r}.")
-        for name, low in (
-            ("bc_steps", 0),
-            ("replay_buffer_size", 1),
-            ("replay_refresh_steps", 1),
-            ("rollouts_per_refresh", 1),
-            ("rollouts_per_step", 0),
-            ("rollout_max_new_tokens", 1),
-            ("horizon", 1),
-        ):
-            value = getattr(self, name)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < low):
-                raise ValueError(f"`{name}` must be an integer >= {low}, got {value!r}.")
-        for name, allowed in (
-            ("noise_source", ("data", "uniform")),
-            ("divergence", ("chi2", "kl")),
-            ("terminal", ("absorbing", "zero")),
-        ):
-            if getattr(self, name) not in allowed:
-                raise ValueError(f"`{name}` must be one of {allowed}, got {getattr(self, name)!r}.")
         if not self.backspace_token or not isinstance(self.backspace_token, str):
             raise ValueError(f"`backspace_token` must be a non-empty string, got {self.backspace_token!r}.")
         if self.packing or self.padding_free:
@@ -225,11 +219,6 @@ class SequenceMatchTrainer(CardMixin, LossOnlyEvaluation, SFTTrainer):
         )
         if args.disable_dropout:
             _compat.disable_dropout_in_model(self.model)
-        if self.train_dataset is not None and hasattr(self.train_dataset, "__len__") and len(self.train_dataset) == 0:
-            raise ValueError(
-                "train_dataset has no usable rows: every row lost its scored tokens (empty completion, or a prompt "
-                f"at least `max_length`={args.max_length} tokens long)."
-            )
         eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
         self._eos = sorted({tokenizer.eos_token_id, *([eos] if isinstance(eos, int) else eos or [])} - {None})
         self._pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self._eos[0]
