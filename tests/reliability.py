@@ -145,7 +145,7 @@ CASES: dict[str, Case] = {
         distributed={"temperature": 1e-4, "max_length": None, "completion_only_loss": True},
         launch_rows=masked_token_rows,
         loss_metrics=("loss", "ddo/real_logratio", "ddo/fake_logratio"),
-        state_files=("ddo_round.pt",),  # round index and reference weights (torch.save, loaded weights_only)
+        state_files=("ddo_round.pt", "ddo_pool_rank0.pt"),  # round, reference weights, fake pool (loaded weights_only)
     ),
     "sequencematch": Case(
         name="sequencematch",

@@ -69,13 +69,8 @@ def test_resume_from_checkpoint_is_exact(name, tiny_model_dir, tmp_path):
     assert any(not torch.equal(at_checkpoint[n], final_resumed[n]) for n in at_checkpoint)  # steps 3-4 did train
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="DDO's fake_pool='round' pool is not checkpointed: a resume resamples fakes",
-)
 def test_ddo_round_pool_survives_a_resume(tiny_model_dir, tmp_path):
-    """8 rows, batch 4: epoch 2 (steps 3-4) reuses epoch 1's fakes. Resumed at step 2, the pool is empty."""
+    """8 rows, batch 4: epoch 2 (steps 3-4) reuses epoch 1's fakes, so a resume at step 2 needs the saved pool."""
     case = CASES["ddo"].with_config(fake_pool="round")
     data = case.dataset().select(range(8))
 

@@ -52,10 +52,11 @@ from ..data import validate_sft_datasets
 from ..generation import append_completions, sample_completions, sampling_seed
 from ..losses import IGNORE_INDEX, ddo_loss
 from ..ratio import adapter_disabled, build_reference, token_logps, trainable_snapshot, weights_swapped
-from .base import CardMixin, LossOnlyEvaluation, resolve_args
+from .base import CardMixin, LossOnlyEvaluation, check_config_fields, resolve_args
 
 logger = get_logger(__name__)
-ROUND_STATE = "ddo_round.pt"  # in each checkpoint from round 2 on: the round index and the reference's weights
+ROUND_STATE = "ddo_round.pt"  # in checkpoints from round 2 on: the round index and the reference's weights
+POOL_STATE = "ddo_pool_rank{rank}.pt"  # with fake_pool="round": this process's fakes of the current round
 
 DDO_CITATION = """\
 @inproceedings{zheng2025ddo,
@@ -134,21 +135,17 @@ class DDOConfig(SFTConfig):
 
     def __post_init__(self):
         super().__post_init__()
-        for name, ok, expected in (
-            ("alpha", lambda v: v >= 0, "a number >= 0"),
-            ("beta", lambda v: v > 0, "a positive number"),
-            ("temperature", lambda v: v > 0, "a positive number"),
-            ("top_p", lambda v: 0 < v <= 1, "a number in (0, 1]"),
-        ):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int | float) or not ok(value):
-                raise ValueError(f"`{name}` must be {expected}, got {value!r}.")
-        for name, low in (("num_rounds", 1), ("round_steps", 1), ("max_new_tokens", 1), ("top_k", 0)):
-            value = getattr(self, name)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < low):
-                raise ValueError(f"`{name}` must be an integer >= {low}, got {value!r}.")
-        if self.fake_pool not in ("online", "round"):
-            raise ValueError(f"`fake_pool` must be 'online' or 'round', got {self.fake_pool!r}.")
+        check_config_fields(
+            self,
+            numbers=(
+                ("alpha", lambda v: v >= 0, "a number >= 0"),
+                ("beta", lambda v: v > 0, "a positive number"),
+                ("temperature", lambda v: v > 0, "a positive number"),
+                ("top_p", lambda v: 0 < v <= 1, "a number in (0, 1]"),
+            ),
+            integers=(("num_rounds", 1), ("round_steps", 1), ("max_new_tokens", 1), ("top_k", 0)),
+            choices=(("fake_pool", ("online", "round")),),
+        )
         if self.packing or self.padding_free:
             raise ValueError("DDO scores whole sequences: set `packing=False` and `padding_free=False`.")
         if self.loss_type != "nll":
@@ -224,13 +221,21 @@ class DDOTrainer(CardMixin, LossOnlyEvaluation, SFTTrainer):
             else:
                 self._ref_snapshot = state["reference"]
             self._round = state["round"]
+        pool = os.path.join(folder or "", POOL_STATE.format(rank=self.accelerator.process_index))
+        if folder and os.path.isfile(pool):
+            self._pool = {tuple(key): fake for key, fake in torch.load(pool, weights_only=True)}
         return super().train(resume_from_checkpoint, *args, **kwargs)
 
     def save_round_state(self, folder: str) -> None:
-        """Write the round and its reference into ``folder`` (round 1's reference is rebuilt from the inputs)."""
+        """Write the round and its reference (round 1's is rebuilt from the inputs) into ``folder``, and each
+        process's pool of fakes, so that a resume continues the round with the same reference and the same fakes."""
         if self._round > 0 and self.args.should_save:
             ref = self._ref_snapshot if self.reference.kind != "model" else self.reference.ref_model.state_dict()
             torch.save({"round": self._round, "reference": ref}, os.path.join(folder, ROUND_STATE))
+        if self._pool:
+            os.makedirs(folder, exist_ok=True)
+            pool = [[list(key), fake] for key, fake in self._pool.items()]
+            torch.save(pool, os.path.join(folder, POOL_STATE.format(rank=self.accelerator.process_index)))
 
     def training_step(self, model, inputs, num_items_in_batch=None):
         target = self._round_at(self.state.global_step)
