@@ -191,7 +191,7 @@ def test_ddo_dataset_without_usable_rows_fails_before_training(tiny_model_dir, t
         ({"beta": 0.0}, "`beta` must be a positive number"),
         ({"num_rounds": 0}, "`num_rounds` must be an integer >= 1"),
         ({"round_steps": 0}, "`round_steps` must be an integer >= 1"),
-        ({"fake_pool": "epoch"}, "`fake_pool` must be 'online' or 'round'"),
+        ({"fake_pool": "epoch"}, r"`fake_pool` must be one of \('online', 'round'\)"),
         ({"packing": True}, "packing=False"),
         ({"top_p": 0.0}, "`top_p` must be a number in"),
         ({"temperature": -1.0}, "`temperature` must be a positive number"),
