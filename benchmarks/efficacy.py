@@ -61,6 +61,7 @@ class Method:
     quick: list[str] = field(default_factory=list)
     table: Callable[[dict[int, Run], argparse.Namespace], str] | None = None
     decode: Callable[[Run], Run] = lambda run: run
+    extras: tuple[tuple[str, str], ...] = ()  # (PNG in the output dir, what made it): shown when present
 
     def markdown(self, runs: dict[int, Run], args: argparse.Namespace) -> str:
         return self.table(runs, args) if self.table else self.benchmark.markdown_table(runs, args)
@@ -126,6 +127,13 @@ METHODS: dict[str, Method] = {
         benchmark=efficacy_sequencematch,
         plot=plots.plot_sequencematch,
         quick=["--warm_steps", "30", "--steps", "10", "--eval_problems", "100"],
+        extras=(
+            (
+                "sequencematch-noise.png",
+                "Recovery vs noise level (1,000 warm-start + 300 steps, 500 problems, 3 seeds; "
+                "`python benchmarks/sequencematch_noise_sweep.py --jobs 3`, results in `sequencematch-noise.json`):",
+            ),
+        ),
     ),
 }
 
@@ -168,6 +176,9 @@ def render(results: dict[str, Any], output_dir: str) -> str:
         flags = shlex.join(result["flags"]) or "(defaults)"
         lines += [f"Seeds {sorted(runs)}; the benchmark's flags: `{flags}`; {result['seconds']:.0f} s.", ""]
         lines += [method.markdown(runs, args), "", f"![{method.title}]({os.path.basename(png)})", ""]
+        for image, caption in method.extras:
+            if os.path.exists(os.path.join(output_dir, image)):
+                lines += [caption, "", f"![{caption}]({image})", ""]
     text = "\n".join(lines)
     with open(os.path.join(output_dir, "efficacy.md"), "w") as f:
         f.write(text)

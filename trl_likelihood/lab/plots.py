@@ -193,3 +193,24 @@ def plot_sequencematch(runs: Sequence[Mapping[str, Mapping[str, float]]], path: 
     ax.grid(alpha=0.3, axis="y")
     fig.suptitle(f"Recovery from a corrupted answer start, 2-digit addition ({_title(runs)})", fontsize=10)
     return _save(fig, path)
+
+
+def plot_sequencematch_noise(runs_by_noise: Mapping[float, Sequence[Run]], path: str) -> str:
+    """Recovery (wrong 2nd digit; two wrong digits) and clean accuracy against the augmentation's noise level p."""
+    plt = _pyplot()
+    noise = sorted(runs_by_noise)
+    fig, axes = plt.subplots(1, 3, figsize=(9, 3))
+    panels = (("recovery_later", "recovery, wrong 2nd digit"), ("recovery_two", "recovery, two wrong digits"),
+              ("accuracy", "clean accuracy"))  # fmt: skip
+    for ax, (metric, label) in zip(axes, panels):
+        for arm, color, name in (("MLE", "gray", "MLE"), ("BC", "tab:blue", "BC"), ("SM", "tab:red", "SequenceMatch")):
+            stats = np.array([mean_std(runs_by_noise[p], arm, metric) for p in noise])
+            ax.errorbar(noise, stats[:, 0], yerr=stats[:, 1], marker="o", capsize=3, color=color, label=name)
+        ax.set_xlabel("noise level p")
+        ax.set_title(label, fontsize=9)
+        ax.set_ylim(-0.02, 1.02)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7)
+    seeds = len(next(iter(runs_by_noise.values())))
+    fig.suptitle(f"Recovery vs noise level, 2-digit addition ({_title([{}] * seeds)})", fontsize=10)
+    return _save(fig, path)
