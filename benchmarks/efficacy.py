@@ -178,7 +178,7 @@ def render(results: dict[str, Any], output_dir: str) -> str:
         lines += [method.markdown(runs, args), "", f"![{method.title}]({os.path.basename(png)})", ""]
         for image, caption in method.extras:
             if os.path.exists(os.path.join(output_dir, image)):
-                lines += [caption, "", f"![{caption}]({image})", ""]
+                lines += [caption, "", f"![{image}]({image})", ""]
     text = "\n".join(lines)
     with open(os.path.join(output_dir, "efficacy.md"), "w") as f:
         f.write(text)
