@@ -21,7 +21,6 @@ import shlex
 import sys
 import tempfile
 import time
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import ModuleType
@@ -30,15 +29,14 @@ from typing import Any
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-import datasets  # noqa: E402
 import efficacy_ddo  # noqa: E402
 import efficacy_implicit_prm  # noqa: E402
 import efficacy_mixce  # noqa: E402
 import efficacy_sequencematch  # noqa: E402
 import torch  # noqa: E402
-from transformers.utils import logging as hf_logging  # noqa: E402
 
 from trl_likelihood.lab import plots  # noqa: E402
+from trl_likelihood.lab.experiments import quiet_logs  # noqa: E402
 
 Run = dict[str, Any]  # one seed's results, as the method's ``run_seed`` returns them
 
@@ -185,13 +183,6 @@ def render(results: dict[str, Any], output_dir: str) -> str:
     return text
 
 
-def _quiet() -> None:
-    warnings.filterwarnings("ignore", category=FutureWarning)  # transformers renames gradient_checkpointing (5.2x)
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
-    datasets.disable_progress_bars()
-
-
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     os.makedirs(args.output_dir, exist_ok=True)
@@ -202,7 +193,7 @@ def main(argv: list[str] | None = None) -> None:
             results = json.load(f)
     if not args.replot:
         torch.set_num_threads(args.threads)
-        _quiet()
+        quiet_logs()
         command = shlex.join(["python", "benchmarks/efficacy.py", *(sys.argv[1:] if argv is None else argv)])
         with tempfile.TemporaryDirectory() as root:
             for name in args.methods:

@@ -55,15 +55,12 @@ import os
 import statistics
 import tempfile
 import time
-import warnings
 from concurrent.futures import ProcessPoolExecutor
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-import datasets  # noqa: E402
 import torch  # noqa: E402
-from transformers.utils import logging as hf_logging  # noqa: E402
 
 from trl_likelihood.lab import BigramOracle, bigram_metrics, sample_diversity  # noqa: E402
 from trl_likelihood.lab.experiments import (  # noqa: E402
@@ -72,6 +69,7 @@ from trl_likelihood.lab.experiments import (  # noqa: E402
     DDOSetup,
     ddo_control_failures,
     ddo_vs_mle,
+    quiet_logs,
 )
 
 METRICS = ("invalid_rate", "zero_mass", "js", "nll", "distinct_valid_bigrams", "token_entropy")
@@ -227,10 +225,7 @@ def markdown_table(runs: dict[int, dict], args: argparse.Namespace) -> str:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
-    warnings.filterwarnings("ignore", category=FutureWarning)
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
-    datasets.disable_progress_bars()
+    quiet_logs()
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         root = args.output_dir or tmp

@@ -18,17 +18,14 @@ import os
 import statistics
 import tempfile
 import time
-import warnings
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-import datasets  # noqa: E402
 import torch  # noqa: E402
-from transformers.utils import logging as hf_logging  # noqa: E402
 
 from trl_likelihood.lab import BigramOracle, bigram_metrics  # noqa: E402
-from trl_likelihood.lab.experiments import MixCESetup, mixce_vs_mle  # noqa: E402
+from trl_likelihood.lab.experiments import MixCESetup, mixce_vs_mle, quiet_logs  # noqa: E402
 
 METRICS = ("zero_mass", "invalid_rate", "nll", "js")
 LABELS = {
@@ -115,10 +112,7 @@ def markdown_table(runs: dict[int, dict], etas: list[float]) -> str:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
-    warnings.filterwarnings("ignore", category=FutureWarning)  # transformers renames gradient_checkpointing (5.2x)
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
-    datasets.disable_progress_bars()
+    quiet_logs()
     etas = sorted(set(args.etas), reverse=True)
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:

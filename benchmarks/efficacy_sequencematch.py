@@ -24,7 +24,6 @@ import statistics
 import sys
 import tempfile
 import time
-import warnings
 from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
 
@@ -36,6 +35,7 @@ import torch  # noqa: E402
 from transformers.utils import logging as hf_logging  # noqa: E402
 
 from trl_likelihood.lab.backtracking import SMSetup, sequencematch_vs_bc  # noqa: E402
+from trl_likelihood.lab.experiments import quiet_logs  # noqa: E402
 
 ARMS = ("MLE", "BC", "SM")
 METRICS = (
@@ -130,10 +130,7 @@ def acceptance(runs: dict[int, dict]) -> list[tuple[str, bool]]:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
-    warnings.filterwarnings("ignore", category=FutureWarning)
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
-    datasets.disable_progress_bars()
+    quiet_logs()
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         root = args.output_dir or tmp

@@ -13,7 +13,6 @@ import argparse
 import contextlib
 import io
 import os
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -219,24 +218,16 @@ def render(reports: list[Report], steps: int, seed: int) -> str:
     return "\n".join(parts)
 
 
-def _quiet() -> None:
-    import datasets
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
-    datasets.disable_progress_bars()
-    warnings.filterwarnings("ignore", category=FutureWarning)  # transformers renames gradient_checkpointing (5.2x)
-
-
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import torch
     from tqdm.auto import tqdm
 
+    from .lab.experiments import quiet_logs
+
     torch.set_num_threads(args.threads)
-    _quiet()
+    quiet_logs()
     methods = METHODS if args.method == "all" else (args.method,)
     reports = []
     with tqdm(total=sum(RUNNERS[m][1] for m in methods), desc="trl-likelihood demo", unit="stage") as bar:

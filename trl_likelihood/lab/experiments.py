@@ -47,6 +47,18 @@ class MixCESetup:
     extra_args: dict[str, Any] = field(default_factory=dict)
 
 
+def quiet_logs() -> None:
+    """Keep a lab run's console to its results: no progress bars or info logs from transformers and datasets, and no
+    FutureWarning (transformers 5.2x renames ``gradient_checkpointing``). The demo and the efficacy scripts call it."""
+    import datasets
+    from transformers.utils import logging as hf_logging
+
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    datasets.disable_progress_bars()
+
+
 def _lab_args(
     seed: int, batch_size: int, learning_rate: float, extra: dict[str, Any] | None = None, **kwargs: Any
 ) -> dict[str, Any]:
