@@ -1,5 +1,5 @@
 """The shipped ``evaluate`` modules: they load offline from their path, give hand-computed values, and agree with the
-lab's own metrics (``prefix_metrics``, ``bigram_metrics``) on a model of a bigram task."""
+lab's own metrics (``prefix_metrics``, ``bigram_metrics``, ``step_metrics``), which compute through them."""
 
 from __future__ import annotations
 
@@ -144,6 +144,27 @@ def test_modules_agree_with_the_lab_metrics():
     assert rate["invalid_rate"] == pytest.approx(full["invalid_rate"], rel=1e-12)
     reverse = evaluate_metrics.load("reverse_cross_entropy").compute(**inputs)
     assert reverse["reverse_nll"] == pytest.approx(full["reverse_nll"], rel=1e-9)
+
+
+def test_the_report_metrics_come_from_the_shipped_modules(monkeypatch):
+    """``bigram_metrics`` (MixCE, DDO, demo, notebooks) and ``step_metrics`` (implicit PRM) compute every exact metric
+    through ``evaluate_metrics.shared``: breaking a module breaks the report."""
+    from trl_likelihood.lab import metrics, modarith, prm_metrics
+
+    used = []
+
+    def spy(name):
+        used.append(name)
+        return evaluate_metrics.shared(name)
+
+    monkeypatch.setattr(metrics, "shared", spy)
+    monkeypatch.setattr(prm_metrics, "shared", spy)
+    task = BigramTask(vocab_size=12, max_len=8, seed=0)
+    bigram_metrics(tiny_causal_lm(task.tokenizer(), hidden_size=16, seed=0), task, num_sequences=20, num_samples=20)
+    mod_task = modarith.ModArithTask()
+    prm_metrics.step_metrics(prm_metrics.RandomScorer(seed=0), mod_task.step_dataset(200, seed=1))
+    exact = {"per_context_js", "impossible_mass", "invalid_sample_rate", "reverse_cross_entropy"}
+    assert set(used) == exact | {"step_auroc", "first_error_localisation"}
 
 
 @pytest.mark.slow

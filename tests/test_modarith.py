@@ -162,6 +162,28 @@ def test_metrics_on_known_scorers(task):
         step_metrics(lambda prompts, steps: [np.zeros(2) for _ in steps], data)
 
 
+def test_step_metrics_match_their_formulas_on_every_subset(task):
+    data = task.step_dataset(2000, seed=21)
+    rewards = np.random.default_rng(3).integers(0, 4, (len(data), task.num_ops)).astype(float)  # many ties
+    metrics = step_metrics(lambda prompts, steps: list(rewards), data)
+    correct, bug = np.array(data["step_correct"]), np.array(data["bug_error"])
+    in_bug_cell, label = np.array(data["bug_cell"]), np.array(data["label"])
+    slip, single = ~correct & ~bug, (~correct).sum(-1) == 1
+    assert bug.any() and slip.any() and (single & bug.any(-1)).any() and (single & slip.any(-1)).any()
+    lowest = rewards == rewards.min(-1, keepdims=True)
+    located = (lowest & ~correct).sum(-1) / lowest.sum(-1)  # ties split the credit
+    expected = {
+        "step_auroc": mannwhitneyu(rewards[correct], rewards[~correct]).statistic / (correct.sum() * (~correct).sum()),
+        "bug_auroc": auroc(rewards[in_bug_cell & correct], rewards[bug]),
+        "slip_auroc": auroc(rewards[correct], rewards[slip]),
+        "localisation": located[single].mean(),
+        "localisation_bug": located[single & bug.any(-1)].mean(),
+        "localisation_slip": located[single & slip.any(-1)].mean(),
+        "outcome_auroc": auroc(rewards.sum(-1)[label], rewards.sum(-1)[~label]),
+    }
+    assert metrics == pytest.approx(expected, rel=1e-12)
+
+
 def test_best_of_n_by_hand(task):
     # one prompt, four candidates; x0 = 0 and ops all 1, so the right final value is 6
     ops = np.ones((4, 6), dtype=int)

@@ -11,6 +11,7 @@ Each module is ``<name>/<name>.py`` here, an ``evaluate.Metric`` whose ``_comput
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Any
 
@@ -38,3 +39,11 @@ def load(name: str, **kwargs: Any) -> Any:
     import evaluate
 
     return evaluate.load(module_path(name), **kwargs)
+
+
+@functools.cache
+def shared(name: str) -> Any:
+    """The module ``name`` loaded once per process and kept in memory (no cache files per call), for the lab's own
+    metric functions. Call ``compute(predictions=..., references=...)`` on it in one go: a shared module must not be
+    left holding ``add_batch`` rows."""
+    return load(name, keep_in_memory=True)

@@ -7,27 +7,19 @@ forced), so JS and the mass on impossible tokens need no Monte Carlo beyond the 
 
 from __future__ import annotations
 
-import functools
 import inspect
-from typing import Any
 
+import numpy as np
 import torch
 from transformers import DynamicCache
 
+from ..evaluate_metrics import shared
 from .bigram import BOS_ID, EOS_ID, PAD_ID, BigramTask
 
 
 def _device(model: torch.nn.Module) -> torch.device:
     param = next(model.parameters(), None)
     return param.device if param is not None else torch.device("cpu")
-
-
-@functools.cache
-def _shipped_metric(name: str) -> Any:
-    """One of the package's ``evaluate`` modules, loaded once per process (in memory: no cache files per call)."""
-    from ..evaluate_metrics import load
-
-    return load(name, keep_in_memory=True)
 
 
 def _js(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
@@ -43,25 +35,25 @@ def prefix_metrics(model: torch.nn.Module, ids: torch.Tensor, task: BigramTask, 
     ``ids`` are sequences from P as ``task.sample`` returns them. The model's whole vocabulary counts: mass on
     ``<pad>``/``<bos>`` or on ids beyond the task is mass on impossible tokens.
     """
-    device, totals = _device(model), torch.zeros(4, dtype=torch.float64)
+    device, model_rows, gold_rows, nll = _device(model), [], [], []
     for chunk in ids.split(batch_size):
         logits = model(input_ids=chunk.to(device), attention_mask=(chunk != PAD_ID).long().to(device)).logits
         logq = torch.log_softmax(logits[:, :-1].double().cpu(), dim=-1)  # (b, L-1, V_model)
         gold = task.next_token_probs(chunk[:, :-1])  # (b, L-1, num_ids)
         gold = torch.nn.functional.pad(gold, (0, logq.shape[-1] - gold.shape[-1]))
-        targets, q = chunk[:, 1:], logq.exp()
+        targets = chunk[:, 1:]
         valid = targets != PAD_ID  # prefixes up to the EOS
-        per_prefix = torch.stack(
-            [
-                _js(gold, q),
-                torch.where(gold == 0, q, 0.0).sum(-1),
-                -logq.gather(-1, targets.unsqueeze(-1)).squeeze(-1),
-                torch.ones_like(q[..., 0]),
-            ]
-        )
-        totals += torch.where(valid, per_prefix, 0.0).sum((1, 2))
-    js, zero_mass, nll, count = totals.tolist()
-    return {"js": js / count, "zero_mass": zero_mass / count, "nll": nll / count, "num_prefixes": int(count)}
+        model_rows.append(logq.exp()[valid].numpy())
+        gold_rows.append(gold[valid].numpy())
+        nll.append(-logq.gather(-1, targets.unsqueeze(-1)).squeeze(-1)[valid])
+    # JS and the impossible mass through the shipped ``evaluate`` modules, so the report exercises what users load.
+    rows = {"predictions": np.concatenate(model_rows), "references": np.concatenate(gold_rows)}
+    return {
+        "js": shared("per_context_js").compute(**rows)["js"],
+        "zero_mass": shared("impossible_mass").compute(**rows)["zero_mass"],
+        "nll": torch.cat(nll).mean().item(),
+        "num_prefixes": len(rows["predictions"]),
+    }
 
 
 def _cache_kwarg(model: torch.nn.Module) -> str:
@@ -130,8 +122,8 @@ def bigram_metrics(
         model.train(was_training)
     # Through the shipped ``evaluate`` modules, so the benchmarks and the report exercise what users load.
     log_p, num_tokens = log_p.double().tolist(), num_tokens.double().tolist()
-    metrics["invalid_rate"] = _shipped_metric("invalid_sample_rate").compute(log_probs=log_p)["invalid_rate"]
-    reverse = _shipped_metric("reverse_cross_entropy").compute(log_probs=log_p, num_tokens=num_tokens)
+    metrics["invalid_rate"] = shared("invalid_sample_rate").compute(log_probs=log_p)["invalid_rate"]
+    reverse = shared("reverse_cross_entropy").compute(log_probs=log_p, num_tokens=num_tokens)
     metrics["reverse_nll"] = reverse["reverse_nll"]
     return metrics
 

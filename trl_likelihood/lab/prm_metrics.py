@@ -25,6 +25,7 @@ import torch
 from datasets import Dataset
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from ..evaluate_metrics import shared
 from ..metrics import binary_auroc
 from .modarith import ModArithTask, Rollouts, load_reference
 
@@ -208,17 +209,31 @@ def step_metrics(scorer: StepScorer, data: Dataset) -> dict[str, float]:
     correct, bug_error = np.array(cols["step_correct"]), np.array(cols["bug_error"])
     in_bug_cell, label = np.array(cols["bug_cell"]), np.array(cols["label"])
     slip = ~correct & ~bug_error
-    single = (~correct).sum(-1) == 1
-    located = _tie_credit(rewards, ~correct, "min")
+    has_bug, has_slip = bug_error.any(-1), slip.any(-1)
+    totals = rewards.sum(-1, keepdims=True)
+    # Through the shipped ``evaluate`` modules (what users load); a subset of steps is kept per response.
     return {
-        "step_auroc": auroc(rewards[correct], rewards[~correct]),
-        "bug_auroc": auroc(rewards[in_bug_cell & correct], rewards[bug_error]),
-        "slip_auroc": auroc(rewards[correct], rewards[slip]),
-        "localisation": float(located[single].mean()),
-        "localisation_bug": float(located[single & bug_error.any(-1)].mean()),
-        "localisation_slip": float(located[single & slip.any(-1)].mean()),
-        "outcome_auroc": auroc(rewards.sum(-1)[label], rewards.sum(-1)[~label]),
+        "step_auroc": _steps_metric("step_auroc", rewards, correct),
+        "bug_auroc": _steps_metric("step_auroc", rewards, correct, (in_bug_cell & correct) | bug_error),
+        "slip_auroc": _steps_metric("step_auroc", rewards, correct, correct | slip),
+        "localisation": _steps_metric("first_error_localisation", rewards, correct),
+        "localisation_bug": _steps_metric("first_error_localisation", rewards[has_bug], correct[has_bug]),
+        "localisation_slip": _steps_metric("first_error_localisation", rewards[has_slip], correct[has_slip]),
+        "outcome_auroc": _steps_metric("step_auroc", totals, label[:, None]),  # one "step" per response
     }
+
+
+def _steps_metric(name: str, rewards: np.ndarray, correct: np.ndarray, keep: np.ndarray | None = None) -> float:
+    """The shipped module ``name`` on per-response step rewards and labels, ``keep`` selecting steps per response."""
+    keep = np.ones_like(correct) if keep is None else keep
+    predictions = [r[k].tolist() for r, k in zip(rewards, keep)]
+    references = [c[k].astype(int).tolist() for c, k in zip(correct, keep)]
+    if not predictions:
+        return float("nan")
+    return shared(name).compute(predictions=predictions, references=references)[_RESULT_KEY[name]]
+
+
+_RESULT_KEY = {"step_auroc": "step_auroc", "first_error_localisation": "localisation"}
 
 
 def best_of_n_accuracy(
