@@ -166,7 +166,3 @@ def test_mixce_config_rejects_bad_eta(eta, tmp_path):
     with pytest.raises(ValueError, match="`eta` must be a number in \\[0, 1\\]"):
         MixCEConfig(str(tmp_path), eta=eta, use_cpu=True, bf16=False)
 
-
-def test_mixce_config_rejects_other_loss_types(tmp_path):
-    with pytest.raises(ValueError, match="leave `loss_type='nll'`"):
-        MixCEConfig(str(tmp_path), loss_type="dft", use_cpu=True, bf16=False)

@@ -139,3 +139,34 @@ def test_nonfinite_loss_stops_before_the_optimizer_step(name, tiny_model_dir, tm
     assert all(torch.isfinite(p).all() for p in now.values())
     for n, p in saved.items():  # the weights are step 2's: the poisoned gradient was never applied
         torch.testing.assert_close(now[n], p, rtol=0, atol=0, msg=n)
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_nonfinite_gradient_with_a_finite_loss_stops_before_the_optimizer_step(name, tiny_model_dir, tmp_path):
+    case = CASES[name]
+    args = case.args(tmp_path, max_steps=3, gradient_accumulation_steps=2, max_grad_norm=0.0)  # no clipping
+    trainer = case.trainer(tiny_model_dir, args)
+    losses = _record_losses(trainer)
+    param = next(p for p in trainer.model.parameters() if p.requires_grad)
+    nan, micro = torch.tensor(float("nan")), iter(range(1000))
+    # Optimizer step 2's first micro-batch only: every loss is finite, the accumulated gradient is not.
+    param.register_hook(lambda g: g * nan if trainer.state.global_step == 1 and next(micro) == 0 else g)
+    before = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
+    with pytest.raises(FloatingPointError, match=r"Non-finite gradient \(the loss was finite\) at global step 2:"):
+        trainer.train()
+    assert trainer.state.global_step == 1 and len(losses) == 4 and all(math.isfinite(v) for v in losses), losses
+    moved = [n for n, p in trainer.model.named_parameters() if not torch.equal(p, before[n])]
+    assert moved and all(torch.isfinite(p).all() for p in trainer.model.parameters())  # step 1 applied, not step 2
+
+
+def _record_losses(trainer) -> list[float]:
+    """Every ``compute_loss`` value from now on, appended to the returned list."""
+    losses, compute_loss = [], trainer.compute_loss
+
+    def recording(model, inputs, *args, **kwargs):
+        out = compute_loss(model, inputs, *args, **kwargs)
+        losses.append((out[0] if isinstance(out, tuple) else out).detach().float().mean().item())
+        return out
+
+    trainer.compute_loss = recording
+    return losses

@@ -1,11 +1,14 @@
-"""What every quickstart shares: cell constructors, the setup cell, the CPU training arguments, the card cells.
+"""What the quickstarts share: cell constructors, the setup cell, the CPU training arguments, the card cells, and
+the SFT control and exact metrics of the two bigram quickstarts (MixCE, DDO).
 
 A quickstart module (one per method) defines ``QUICKSTART = Quickstart(...)`` with its cells; ``notebooks/build.py``
-writes the notebooks and ``tests/test_notebooks.py`` executes them and checks what ``Quickstart`` promises.
+writes the notebooks and ``tests/test_notebooks.py`` executes them and checks what ``Quickstart`` promises. The
+shared cells are written here once but land in each notebook in full, so every notebook still reads top to bottom.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from textwrap import dedent
@@ -105,3 +108,47 @@ def card_cells(trainer: str, folder: str) -> list[NotebookNode]:
             """
         ),
     ]
+
+
+# The bigram quickstarts' exact metrics (lower is better); the bar chart shows the two about impossible tokens.
+BIGRAM_BARS = {"zero_mass": "mass on impossible tokens", "invalid_rate": "invalid-sample rate"}
+
+
+def sft_control_cell(start: str) -> NotebookNode:
+    """The control arm ``mle``: more SFT from the folder ``start``, with the method's steps, data and arguments."""
+    return code(
+        f"""
+        args = SFTConfig("mle", max_steps=steps, **cpu)
+        mle = SFTTrainer("{start}", args=args, train_dataset=dataset, processing_class=tokenizer)
+        mle.train();
+        """
+    )
+
+
+def bigram_truth_cells(arms: dict[str, str], bars: tuple[str, str], left_panel: str) -> list[NotebookNode]:
+    """The table ``exact`` of ``bigram_metrics`` per arm, then a figure: the method's curve left, ``bars`` right.
+
+    Args:
+        arms: row label -> trainer variable, in table order.
+        bars: the two ``BIGRAM_BARS`` keys, in the order of the table's first columns and of the bars.
+        left_panel: code that draws the method's training curve on the axes ``left``.
+    """
+    rows = ", ".join(f"{json.dumps(label)}: {trainer}" for label, trainer in arms.items())
+    names = {key: BIGRAM_BARS[key] for key in bars}
+    table = code(
+        f"""
+        arms = {{{rows}}}
+        exact = {{name: bigram_metrics(t.model, task, 500, 1000, seed=1000) for name, t in arms.items()}}
+        exact = pd.DataFrame(exact).T[{json.dumps([*bars, "nll", "js"])}]
+        exact
+        """
+    )
+    figure = [
+        "fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.5))",
+        dedent(left_panel).strip(),
+        f"names = {json.dumps(names)}",
+        "exact[list(names)].rename(columns=names).plot.bar(ax=right, rot=0)",
+        'right.set(ylabel="lower is better", title="Against the true distribution")',
+        "fig.tight_layout()",
+    ]
+    return [table, code("\n".join(figure))]

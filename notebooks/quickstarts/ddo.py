@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from nbformat import NotebookNode
 
-from .cells import Quickstart, card_cells, code, cpu_args_cell, md, setup_cell
+from .cells import Quickstart, bigram_truth_cells, card_cells, code, cpu_args_cell, md, setup_cell, sft_control_cell
 
 STEPS = 100  # DDO and its control each (DDO samples fakes every step); about 27 s of CPU for the notebook
 
@@ -92,13 +92,7 @@ def cells() -> list[NotebookNode]:
             """
         ),
         md("The control: more SFT (without smoothing) from the same reference, same steps, same data."),
-        code(
-            """
-            args = SFTConfig("mle", max_steps=steps, **cpu)
-            mle = SFTTrainer("reference", args=args, train_dataset=dataset, processing_class=tokenizer)
-            mle.train();
-            """
-        ),
+        sft_control_cell("reference"),
         md(
             """
             ## Logged metrics
@@ -123,28 +117,17 @@ def cells() -> list[NotebookNode]:
             impossible next tokens, the held-out NLL per token and the Jensen-Shannon divergence to the truth.
             """
         ),
-        code(
-            """
-            arms = {"reference": reference, "MLE (control)": mle, "DDO": ddo}
-            exact = {name: bigram_metrics(t.model, task, 500, 1000, seed=1000) for name, t in arms.items()}
-            exact = pd.DataFrame(exact).T[["invalid_rate", "zero_mass", "nll", "js"]]
-            exact
-            """
-        ),
-        code(
-            """
-            fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.5))
+        *bigram_truth_cells(
+            {"reference": "reference", "MLE (control)": "mle", "DDO": "ddo"},
+            bars=("invalid_rate", "zero_mass"),
+            left_panel="""
             log = logged(ddo)
             left.plot(log["ddo/real_logratio"], label="real rows")
             left.plot(log["ddo/fake_logratio"], label="reference fakes")
             left.axhline(0, color="grey", lw=0.5)
             left.set(xlabel="step", ylabel="log p / p_ref", title="The discriminator separates real from fake")
             left.legend()
-            names = {"invalid_rate": "invalid-sample rate", "zero_mass": "mass on impossible tokens"}
-            exact[list(names)].rename(columns=names).plot.bar(ax=right, rot=0)
-            right.set(ylabel="lower is better", title="Against the true distribution")
-            fig.tight_layout()
-            """
+            """,
         ),
         md(
             """

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from nbformat import NotebookNode
 
-from .cells import Quickstart, card_cells, code, cpu_args_cell, md, setup_cell
+from .cells import Quickstart, bigram_truth_cells, card_cells, code, cpu_args_cell, md, setup_cell, sft_control_cell
 
 STEPS = 150  # MixCE and its control each; with the 200-step base, about 25 s of CPU for the notebook
 
@@ -90,13 +90,7 @@ def cells() -> list[NotebookNode]:
             """
         ),
         md("The control is what you would have done otherwise: more SFT from the same base, same steps, same data."),
-        code(
-            """
-            args = SFTConfig("mle", max_steps=steps, **cpu)
-            mle = SFTTrainer("base", args=args, train_dataset=dataset, processing_class=tokenizer)
-            mle.train();
-            """
-        ),
+        sft_control_cell("base"),
         md(
             """
             ## Logged metrics
@@ -115,26 +109,15 @@ def cells() -> list[NotebookNode]:
             Jensen-Shannon divergence to the true next-token distribution. Lower is better in every column.
             """
         ),
-        code(
-            """
-            arms = {"base": base, "MLE (control)": mle, "MixCE eta=0.1": mixce}
-            exact = {name: bigram_metrics(t.model, task, 500, 1000, seed=1000) for name, t in arms.items()}
-            exact = pd.DataFrame(exact).T[["zero_mass", "invalid_rate", "nll", "js"]]
-            exact
-            """
-        ),
-        code(
-            """
-            fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.5))
+        *bigram_truth_cells(
+            {"base": "base", "MLE (control)": "mle", "MixCE eta=0.1": "mixce"},
+            bars=("zero_mass", "invalid_rate"),
+            left_panel="""
             left.plot(logged(mle)["loss"], label="MLE (control)")
             left.plot(logged(mixce)["mixce/forward_nll"], label="MixCE eta=0.1")
             left.set(xlabel="step", ylabel="NLL per token", title="Training NLL")
             left.legend()
-            names = {"zero_mass": "mass on impossible tokens", "invalid_rate": "invalid-sample rate"}
-            exact[list(names)].rename(columns=names).plot.bar(ax=right, rot=0)
-            right.set(ylabel="lower is better", title="Against the true distribution")
-            fig.tight_layout()
-            """
+            """,
         ),
         md(
             """

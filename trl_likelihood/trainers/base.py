@@ -12,7 +12,7 @@ import contextlib
 import functools
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Hashable, Iterator
 from typing import Any
 
 import torch
@@ -58,12 +58,15 @@ def _pickles_public(cls: type) -> type:
 
 
 class FiniteLossGuard:
-    """Stop training at the first non-finite loss, before the optimizer step that would write NaN into the weights.
+    """Stop training at the first non-finite loss or gradient, before the optimizer step that would write NaN into
+    the weights.
 
     ``Trainer`` runs the optimizer after the micro-batches' ``training_step``s; raising here leaves the weights, the
     optimizer state and every checkpoint already written as they were, and no later checkpoint is written. Under DDP
-    the flag is reduced over the processes: a NaN on one rank poisons the averaged gradient of every rank, so all of
-    them stop, at the same step, rather than one stopping and the others waiting for it.
+    the loss flag is reduced over the processes: a NaN on one rank poisons the averaged gradient of every rank, so all
+    of them stop, at the same step, rather than one stopping and the others waiting for it. The gradients are checked
+    once per optimizer step, after the last micro-batch's backward (so after DDP's all-reduce: every rank sees the
+    same gradients): a finite loss can still have a NaN gradient (an ``inf * 0`` in a backward pass, fp16 overflow).
     """
 
     stop_on_nonfinite_loss: bool = True
@@ -76,16 +79,29 @@ class FiniteLossGuard:
                 finite = self.accelerator.reduce(finite, reduction="sum") / self.accelerator.num_processes
             if finite.item() < 1:  # a host sync, as transformers' own NaN/inf logging filter makes every step
                 raise FloatingPointError(nonfinite_loss_message(loss, self.state.global_step))
+            if self.accelerator.sync_gradients and not gradients_are_finite(model):
+                raise FloatingPointError(nonfinite_loss_message(None, self.state.global_step))
         return loss
 
 
-def nonfinite_loss_message(loss: torch.Tensor, global_step: int) -> str:
-    """The error: which step, what was kept, and where to look."""
+def gradients_are_finite(model: torch.nn.Module) -> bool:
+    """Whether every gradient held in ``.grad`` is finite (one norm over them all; engines such as DeepSpeed that keep
+    gradients elsewhere are not checked here)."""
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    return not grads or bool(torch.isfinite(torch.nn.utils.get_total_norm(grads, error_if_nonfinite=False)))
+
+
+def nonfinite_loss_message(loss: torch.Tensor | None, global_step: int) -> str:
+    """The error: which step, what was kept, and where to look (``loss=None``: the loss was finite, a gradient not)."""
+    if loss is None:
+        what = "Non-finite gradient (the loss was finite)"
+    else:
+        value = loss.detach().float().mean().item()
+        what = f"Non-finite training loss ({value} on this process, or non-finite on another)"
     return (
-        f"Non-finite training loss ({loss.detach().float().mean().item()} on this process, or non-finite on another) "
-        f"at global step {global_step + 1}: training stopped before its optimizer step, so the weights are those of "
-        f"step {global_step} and no checkpoint after step {global_step} was written. Look for a too large learning "
-        "rate or beta, fp16 overflow, or corrupt rows in that step's batch."
+        f"{what} at global step {global_step + 1}: training stopped before its optimizer step, so the weights are "
+        f"those of step {global_step} and no checkpoint after step {global_step} was written. Look for a too large "
+        "learning rate or beta, fp16 overflow, or corrupt rows in that step's batch."
     )
 
 
@@ -237,3 +253,27 @@ def check_config_fields(
     for name, allowed in choices:
         if getattr(config, name) not in allowed:
             raise ValueError(f"`{name}` must be one of {allowed}, got {getattr(config, name)!r}.")
+
+
+def check_sft_loss_fields(config: Any, method: str, whole_sequences: str | None = None) -> None:
+    """Refuse SFT fields a method's own loss would silently ignore: ``loss_type`` (the method replaces SFT's loss) and,
+    when ``whole_sequences`` says why the method needs unpacked rows, ``packing``/``padding_free``."""
+    if whole_sequences and (config.packing or config.padding_free):
+        raise ValueError(f"{method} {whole_sequences}: set `packing=False` and `padding_free=False`.")
+    if config.loss_type != "nll":
+        raise ValueError(f"{method} replaces SFT's loss; leave `loss_type='nll'`, got {config.loss_type!r}.")
+
+
+class MicroBatchIndex:
+    """The index of a call among consecutive calls with the same key, e.g. ``(mode, global_step)``: which micro-batch
+    of an optimizer step this is. Seeds per-micro-batch randomness so a resumed run draws what an uninterrupted one
+    would (the count restarts at 0 whenever the key changes, as at a resume)."""
+
+    def __init__(self) -> None:
+        self._key: Hashable = None
+        self._index = 0
+
+    def __call__(self, key: Hashable) -> int:
+        self._index = self._index + 1 if key == self._key else 0
+        self._key = key
+        return self._index

@@ -52,7 +52,14 @@ from ..data import validate_sft_datasets
 from ..generation import append_completions, sample_completions, sampling_seed
 from ..losses import IGNORE_INDEX, ddo_loss
 from ..ratio import adapter_disabled, build_reference, token_logps, trainable_snapshot, weights_swapped
-from .base import CardMixin, LossOnlyEvaluation, check_config_fields, resolve_args
+from .base import (
+    CardMixin,
+    LossOnlyEvaluation,
+    MicroBatchIndex,
+    check_config_fields,
+    check_sft_loss_fields,
+    resolve_args,
+)
 
 logger = get_logger(__name__)
 ROUND_STATE = "ddo_round.pt"  # in checkpoints from round 2 on: the round index and the reference's weights
@@ -146,10 +153,7 @@ class DDOConfig(SFTConfig):
             integers=(("num_rounds", 1), ("round_steps", 1), ("max_new_tokens", 1), ("top_k", 0)),
             choices=(("fake_pool", ("online", "round")),),
         )
-        if self.packing or self.padding_free:
-            raise ValueError("DDO scores whole sequences: set `packing=False` and `padding_free=False`.")
-        if self.loss_type != "nll":
-            raise ValueError(f"DDO replaces SFT's loss; leave `loss_type='nll'`, got {self.loss_type!r}.")
+        check_sft_loss_fields(self, "DDO", whole_sequences="scores whole sequences")
 
 
 class DDOTrainer(CardMixin, LossOnlyEvaluation, SFTTrainer):
@@ -190,7 +194,7 @@ class DDOTrainer(CardMixin, LossOnlyEvaluation, SFTTrainer):
         self._round = 0
         self._ref_snapshot: dict[str, torch.Tensor] | None = None  # PEFT, rounds >= 2: the reference's weights
         self._pool: dict[tuple[int, ...], list[int]] = {}
-        self._micro = (None, 0)
+        self._micro_index = MicroBatchIndex()
         self._rows = {"train": [], "eval": []}
         self._times = {"sampling": 0.0, "step": 0.0}
         tok = self.processing_class
@@ -275,9 +279,7 @@ class DDOTrainer(CardMixin, LossOnlyEvaluation, SFTTrainer):
 
     # ------------------------------------------------------------------ fakes
     def _generator(self, mode: str, device: torch.device) -> torch.Generator:
-        key = (mode, self.state.global_step)
-        micro = self._micro[1] + 1 if self._micro[0] == key else 0
-        self._micro = (key, micro)
+        micro = self._micro_index((mode, self.state.global_step))
         seed = sampling_seed(
             self.args.seed + (mode == "eval"), self.state.global_step, self.accelerator.process_index, micro
         )

@@ -29,7 +29,7 @@ from trl import SFTConfig, SFTTrainer
 from .. import _compat
 from ..data import validate_sft_datasets
 from ..losses import mixce_token_loss
-from .base import CardMixin, resolve_args
+from .base import CardMixin, check_sft_loss_fields, resolve_args
 
 MIXCE_CITATION = """\
 @inproceedings{zhang2023mixce,
@@ -63,8 +63,7 @@ class MixCEConfig(SFTConfig):
         super().__post_init__()
         if isinstance(self.eta, bool) or not isinstance(self.eta, int | float) or not 0.0 <= self.eta <= 1.0:
             raise ValueError(f"`eta` must be a number in [0, 1] (weight of the forward CE), got {self.eta!r}.")
-        if self.loss_type != "nll":
-            raise ValueError(f"MixCE replaces SFT's loss; leave `loss_type='nll'`, got {self.loss_type!r}.")
+        check_sft_loss_fields(self, "MixCE")
         if self.label_smoothing_factor:
             raise ValueError("`label_smoothing_factor` is not supported by MixCE; set it to 0.")
 

@@ -60,7 +60,14 @@ from ..cards import CardInfo
 from ..data import validate_sft_datasets
 from ..generation import sample_with_backspace, sampling_seed
 from ..losses import IGNORE_INDEX, action_nll, sequencematch_loss
-from .base import CardMixin, LossOnlyEvaluation, check_config_fields, resolve_args
+from .base import (
+    CardMixin,
+    LossOnlyEvaluation,
+    MicroBatchIndex,
+    check_config_fields,
+    check_sft_loss_fields,
+    resolve_args,
+)
 
 logger = get_logger(__name__)
 BUFFER_STATE = "sequencematch_buffer_rank{rank}.pt"  # in each checkpoint: this process's replay buffer
@@ -164,10 +171,7 @@ class SequenceMatchConfig(SFTConfig):
         )
         if not self.backspace_token or not isinstance(self.backspace_token, str):
             raise ValueError(f"`backspace_token` must be a non-empty string, got {self.backspace_token!r}.")
-        if self.packing or self.padding_free:
-            raise ValueError("SequenceMatch builds its own states: set `packing=False` and `padding_free=False`.")
-        if self.loss_type != "nll":
-            raise ValueError(f"SequenceMatch replaces SFT's loss; leave `loss_type='nll'`, got {self.loss_type!r}.")
+        check_sft_loss_fields(self, "SequenceMatch", whole_sequences="builds its own states")
 
 
 class SequenceMatchTrainer(CardMixin, LossOnlyEvaluation, SFTTrainer):
@@ -226,7 +230,7 @@ class SequenceMatchTrainer(CardMixin, LossOnlyEvaluation, SFTTrainer):
         self._vocab_size = len(tokenizer)
         self._noise_ids = self._noise_token_ids()
         self.buffer: list[Trajectory] = []
-        self._micro = (None, 0)
+        self._micro_index = MicroBatchIndex()
         self._refreshed: int | None = None  # the global step of the last refresh (a step refreshes once)
         self.add_callback(_SaveBuffer(self))
 
@@ -240,13 +244,6 @@ class SequenceMatchTrainer(CardMixin, LossOnlyEvaluation, SFTTrainer):
         tag = f"{mode}/{purpose}/{micro}"
         seed = sampling_seed(self.args.seed, self.state.global_step, self.accelerator.process_index, tag)
         return torch.Generator(device).manual_seed(seed)
-
-    def _next_micro(self) -> int:
-        """Index of this ``compute_loss`` call among those of the same mode and global step."""
-        key = (self.model.training, self.state.global_step)
-        micro = self._micro[1] + 1 if self._micro[0] == key else 0
-        self._micro = (key, micro)
-        return micro
 
     # ------------------------------------------------------------------ trajectories
     def _data_trajectories(self, inputs: dict[str, torch.Tensor]) -> list[Trajectory]:
@@ -366,7 +363,7 @@ class SequenceMatchTrainer(CardMixin, LossOnlyEvaluation, SFTTrainer):
     # ------------------------------------------------------------------ loss
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         mode = "train" if self.model.training else "eval"
-        micro = self._next_micro()
+        micro = self._micro_index((self.model.training, self.state.global_step))
         data = self._data_trajectories(inputs)
         rollouts = self._rollouts(micro) if self._sm_active() else []
         trajectories = data + rollouts

@@ -1,8 +1,8 @@
 """First-error localisation: does the lowest-scored step of a response with one error point at it?"""
 
-import datasets
 import evaluate
 
+from trl_likelihood.evaluate_metrics.module_info import STEP_SCORES, metric_info
 from trl_likelihood.lab.text_metrics import first_error_localisation
 
 _DESCRIPTION = """Over responses with exactly one wrong step, the share whose lowest-scored step is the wrong one;
@@ -21,16 +21,7 @@ Returns:
 @evaluate.utils.file_utils.add_start_docstrings(_DESCRIPTION, _KWARGS_DESCRIPTION)
 class FirstErrorLocalisation(evaluate.Metric):
     def _info(self) -> evaluate.MetricInfo:
-        scores = datasets.Sequence(datasets.Value("float64"))
-        return evaluate.MetricInfo(
-            description=_DESCRIPTION,
-            citation="",
-            inputs_description=_KWARGS_DESCRIPTION,
-            features=[  # labels as 0/1 or as bools
-                datasets.Features({"predictions": scores, "references": datasets.Sequence(datasets.Value(kind))})
-                for kind in ("int64", "bool")
-            ],
-        )
+        return metric_info(_DESCRIPTION, _KWARGS_DESCRIPTION, STEP_SCORES)
 
     def _compute(self, predictions: list, references: list) -> dict[str, float]:
         return {"localisation": first_error_localisation(predictions, references)}

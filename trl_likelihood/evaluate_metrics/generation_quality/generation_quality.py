@@ -1,8 +1,8 @@
 """Generation quality of any text, no download: distinct-n, repetition rate and mean length."""
 
-import datasets
 import evaluate
 
+from trl_likelihood.evaluate_metrics.module_info import TEXTS, metric_info
 from trl_likelihood.lab.text_metrics import generation_quality
 
 _CITATION = """Li et al., "A Diversity-Promoting Objective Function for Neural Conversation Models", NAACL 2016
@@ -26,12 +26,7 @@ Returns:
 @evaluate.utils.file_utils.add_start_docstrings(_DESCRIPTION, _KWARGS_DESCRIPTION)
 class GenerationQuality(evaluate.Metric):
     def _info(self) -> evaluate.MetricInfo:
-        return evaluate.MetricInfo(
-            description=_DESCRIPTION,
-            citation=_CITATION,
-            inputs_description=_KWARGS_DESCRIPTION,
-            features=datasets.Features({"predictions": datasets.Value("string")}),
-        )
+        return metric_info(_DESCRIPTION, _KWARGS_DESCRIPTION, TEXTS, citation=_CITATION)
 
     def _compute(self, predictions: list, tokenizer=None, ns=(1, 2), repetition_n: int = 4) -> dict[str, float]:
         return generation_quality(predictions, tokenizer, ns, repetition_n)

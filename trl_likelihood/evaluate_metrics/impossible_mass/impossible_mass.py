@@ -1,8 +1,8 @@
 """Model probability on next tokens the true distribution rules out."""
 
-import datasets
 import evaluate
 
+from trl_likelihood.evaluate_metrics.module_info import DISTRIBUTIONS, metric_info
 from trl_likelihood.lab.text_metrics import impossible_mass
 
 _DESCRIPTION = """Mean over contexts of the model's probability on tokens whose true probability is 0: the mass a
@@ -20,13 +20,7 @@ Returns:
 @evaluate.utils.file_utils.add_start_docstrings(_DESCRIPTION, _KWARGS_DESCRIPTION)
 class ImpossibleMass(evaluate.Metric):
     def _info(self) -> evaluate.MetricInfo:
-        row = datasets.Sequence(datasets.Value("float64"))
-        return evaluate.MetricInfo(
-            description=_DESCRIPTION,
-            citation="",
-            inputs_description=_KWARGS_DESCRIPTION,
-            features=datasets.Features({"predictions": row, "references": row}),
-        )
+        return metric_info(_DESCRIPTION, _KWARGS_DESCRIPTION, DISTRIBUTIONS)
 
     def _compute(self, predictions: list, references: list) -> dict[str, float]:
         return {"zero_mass": impossible_mass(predictions, references)}

@@ -1,8 +1,8 @@
 """Share of model samples that are impossible under the task's true distribution."""
 
-import datasets
 import evaluate
 
+from trl_likelihood.evaluate_metrics.module_info import SAMPLE_LOG_PROBS, metric_info
 from trl_likelihood.lab.text_metrics import invalid_rate
 
 _DESCRIPTION = """Share of samples with true probability 0 (a forbidden transition, or no end by the maximum
@@ -20,12 +20,7 @@ Returns:
 @evaluate.utils.file_utils.add_start_docstrings(_DESCRIPTION, _KWARGS_DESCRIPTION)
 class InvalidSampleRate(evaluate.Metric):
     def _info(self) -> evaluate.MetricInfo:
-        return evaluate.MetricInfo(
-            description=_DESCRIPTION,
-            citation="",
-            inputs_description=_KWARGS_DESCRIPTION,
-            features=datasets.Features({"log_probs": datasets.Value("float64")}),
-        )
+        return metric_info(_DESCRIPTION, _KWARGS_DESCRIPTION, SAMPLE_LOG_PROBS)
 
     def _compute(self, log_probs: list) -> dict[str, float]:
         return {"invalid_rate": invalid_rate(log_probs)}

@@ -1,8 +1,8 @@
 """Per-context Jensen-Shannon divergence between a model's and the true next-token distributions (nats)."""
 
-import datasets
 import evaluate
 
+from trl_likelihood.evaluate_metrics.module_info import DISTRIBUTIONS, metric_info
 from trl_likelihood.lab.text_metrics import per_context_js
 
 _DESCRIPTION = """Mean over contexts of JS(P(.|c), Q(.|c)) in nats (0 to log 2), where P is the task's true next-token
@@ -21,13 +21,7 @@ Returns:
 @evaluate.utils.file_utils.add_start_docstrings(_DESCRIPTION, _KWARGS_DESCRIPTION)
 class PerContextJS(evaluate.Metric):
     def _info(self) -> evaluate.MetricInfo:
-        row = datasets.Sequence(datasets.Value("float64"))
-        return evaluate.MetricInfo(
-            description=_DESCRIPTION,
-            citation="",
-            inputs_description=_KWARGS_DESCRIPTION,
-            features=datasets.Features({"predictions": row, "references": row}),
-        )
+        return metric_info(_DESCRIPTION, _KWARGS_DESCRIPTION, DISTRIBUTIONS)
 
     def _compute(self, predictions: list, references: list) -> dict[str, float]:
         return {"js": per_context_js(predictions, references)}

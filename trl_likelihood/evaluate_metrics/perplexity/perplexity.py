@@ -1,8 +1,8 @@
 """Perplexity of texts under a scorer causal LM that the user gives (an object or a local path), no download."""
 
-import datasets
 import evaluate
 
+from trl_likelihood.evaluate_metrics.module_info import TEXTS, metric_info
 from trl_likelihood.lab.text_metrics import perplexity
 
 _DESCRIPTION = """Perplexity of each text under ``model``: exp of the mean token NLL, the first token being context
@@ -23,12 +23,7 @@ Returns:
 @evaluate.utils.file_utils.add_start_docstrings(_DESCRIPTION, _KWARGS_DESCRIPTION)
 class Perplexity(evaluate.Metric):
     def _info(self) -> evaluate.MetricInfo:
-        return evaluate.MetricInfo(
-            description=_DESCRIPTION,
-            citation="",
-            inputs_description=_KWARGS_DESCRIPTION,
-            features=datasets.Features({"predictions": datasets.Value("string")}),
-        )
+        return metric_info(_DESCRIPTION, _KWARGS_DESCRIPTION, TEXTS)
 
     def _compute(self, predictions: list, model=None, tokenizer=None, batch_size: int = 8) -> dict:
         if model is None:

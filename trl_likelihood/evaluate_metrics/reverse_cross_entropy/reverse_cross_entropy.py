@@ -1,8 +1,8 @@
 """Reverse cross-entropy: -log P per token of the model's samples under the task's true distribution."""
 
-import datasets
 import evaluate
 
+from trl_likelihood.evaluate_metrics.module_info import SAMPLE_LOG_PROBS_AND_LENGTHS, metric_info
 from trl_likelihood.lab.text_metrics import reverse_cross_entropy
 
 _DESCRIPTION = """-log P per token (nats) over the model's valid samples, P the task's true distribution: how
@@ -21,14 +21,7 @@ Returns:
 @evaluate.utils.file_utils.add_start_docstrings(_DESCRIPTION, _KWARGS_DESCRIPTION)
 class ReverseCrossEntropy(evaluate.Metric):
     def _info(self) -> evaluate.MetricInfo:
-        return evaluate.MetricInfo(
-            description=_DESCRIPTION,
-            citation="",
-            inputs_description=_KWARGS_DESCRIPTION,
-            features=datasets.Features(
-                {"log_probs": datasets.Value("float64"), "num_tokens": datasets.Value("int64")}
-            ),
-        )
+        return metric_info(_DESCRIPTION, _KWARGS_DESCRIPTION, SAMPLE_LOG_PROBS_AND_LENGTHS)
 
     def _compute(self, log_probs: list, num_tokens: list) -> dict[str, float]:
         return {"reverse_nll": reverse_cross_entropy(log_probs, num_tokens)}

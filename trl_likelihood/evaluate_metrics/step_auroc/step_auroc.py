@@ -1,8 +1,8 @@
 """AUROC of per-step scores (e.g. implicit process rewards) for correct vs wrong steps."""
 
-import datasets
 import evaluate
 
+from trl_likelihood.evaluate_metrics.module_info import STEP_SCORES, metric_info
 from trl_likelihood.lab.text_metrics import step_auroc
 
 _DESCRIPTION = """P(score of a correct step > score of a wrong step), ties counted 1/2, pooled over every step of
@@ -20,16 +20,7 @@ Returns:
 @evaluate.utils.file_utils.add_start_docstrings(_DESCRIPTION, _KWARGS_DESCRIPTION)
 class StepAUROC(evaluate.Metric):
     def _info(self) -> evaluate.MetricInfo:
-        scores = datasets.Sequence(datasets.Value("float64"))
-        return evaluate.MetricInfo(
-            description=_DESCRIPTION,
-            citation="",
-            inputs_description=_KWARGS_DESCRIPTION,
-            features=[  # labels as 0/1 or as bools
-                datasets.Features({"predictions": scores, "references": datasets.Sequence(datasets.Value(kind))})
-                for kind in ("int64", "bool")
-            ],
-        )
+        return metric_info(_DESCRIPTION, _KWARGS_DESCRIPTION, STEP_SCORES)
 
     def _compute(self, predictions: list, references: list) -> dict[str, float]:
         return {"step_auroc": step_auroc(predictions, references)}
