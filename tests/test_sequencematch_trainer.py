@@ -8,10 +8,11 @@ import os
 import pytest
 import torch
 from peft import LoraConfig, PeftModel
+from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from tests.conftest import cpu_args
-from trl_likelihood.backspace import BACKSPACE
+from trl_likelihood.backspace import BACKSPACE, add_backspace_token
 from trl_likelihood.trainers import SequenceMatchConfig, SequenceMatchTrainer
 from trl_likelihood.trainers.sequencematch import BUFFER_STATE
 
@@ -83,8 +84,11 @@ def test_lora_trains_the_backspace_rows_and_keeps_the_base_frozen(tiny_model_dir
     trainer.save_model(out)
     tok = AutoTokenizer.from_pretrained(out)
     assert tok.convert_tokens_to_ids(BACKSPACE) == bk and tok.encode(BACKSPACE, add_special_tokens=False) == [bk]
+    saved = load_file(os.path.join(out, "adapter_model.safetensors"))
+    vocab_rows = [k for k, v in saved.items() if v.ndim == 2 and v.shape[0] >= len(tok)]
+    assert [k for k in saved if "trainable_tokens" in k] and not vocab_rows  # the <bkspc> rows, no full matrices
     base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
-    base.resize_token_embeddings(len(tok))
+    assert add_backspace_token(base, tok) == bk  # the card's reload: the new rows' start, then the adapter's rows
     reloaded = PeftModel.from_pretrained(base, out)
     ids = torch.tensor([[3, 5, bk, 7]])
     with torch.no_grad():

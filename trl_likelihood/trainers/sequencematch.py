@@ -35,8 +35,11 @@ Choices made here (the paper's Eq. 4/5 and its masking algorithm could not be re
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import os
 import random
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -435,6 +438,10 @@ class SequenceMatchTrainer(CardMixin, LossOnlyEvaluation, SFTTrainer):
         torch.save(state, os.path.join(folder, BUFFER_STATE.format(rank=self.accelerator.process_index)))
 
     # ------------------------------------------------------------------ card
+    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+        with _token_rows_only(self.model):
+            super()._save(output_dir, state_dict)
+
     def card_hyperparameters(self) -> dict[str, Any]:
         keys = (
             "backspace_token", "noise_prob", "noise_source", "gamma", "chi2_coef", "divergence", "terminal",
@@ -454,6 +461,25 @@ class _SaveBuffer(TrainerCallback):
 
     def on_save(self, args, state, control, **kwargs):
         self.trainer.save_buffer(os.path.join(args.output_dir, f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"))
+
+
+@contextlib.contextmanager
+def _token_rows_only(model: Any) -> Iterator[None]:
+    """Save a LoRA adapter without the resized embedding matrices.
+
+    PEFT's ``save_embedding_layers="auto"`` writes both full embedding matrices once the vocabulary has grown (here by
+    ``<bkspc>``): vocab x hidden twice, larger than the adapter itself for a real vocabulary. The trained ``<bkspc>``
+    rows are already in the adapter (``trainable_token_indices``); every other row is the base's, and
+    ``add_backspace_token(base, tokenizer)`` rebuilds the new rows' untrained start exactly, so they need not be saved.
+    """
+    if not hasattr(model, "peft_config"):
+        yield
+        return
+    model.save_pretrained = functools.partial(type(model).save_pretrained, model, save_embedding_layers=False)
+    try:
+        yield
+    finally:
+        del model.save_pretrained  # the class's method again
 
 
 def _with_trainable_token(peft_config: Any, model: Any, token_id: int) -> Any:
