@@ -34,6 +34,7 @@ import efficacy_implicit_prm  # noqa: E402
 import efficacy_mixce  # noqa: E402
 import efficacy_sequencematch  # noqa: E402
 import torch  # noqa: E402
+from studies import run_seeds  # noqa: E402
 
 from trl_likelihood.lab import plots  # noqa: E402
 from trl_likelihood.lab.experiments import quiet_logs  # noqa: E402
@@ -152,7 +153,7 @@ def run_method(name: str, seeds: list[int], quick: bool, root: str) -> dict[str,
     method, start = METHODS[name], time.perf_counter()
     flags = method.quick if quick else method.full
     args = method.benchmark.parse_args([*flags, "--seeds", *map(str, seeds)])
-    runs = {seed: method.benchmark.run_seed(seed, args, os.path.join(root, name)) for seed in seeds}
+    runs = run_seeds(method.benchmark.run_seed, args, os.path.join(root, name))
     return {"flags": flags, "runs": runs, "seconds": time.perf_counter() - start}
 
 

@@ -50,17 +50,15 @@ rate 0.30 vs 0.15; continued MLE 0.21), so the main run keeps beta 0.5.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import statistics
-import tempfile
 import time
-from concurrent.futures import ProcessPoolExecutor
+from collections.abc import Callable
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import torch  # noqa: E402
+from studies import mean_std_cell, run_study, setup_from_args  # noqa: E402
 
 from trl_likelihood.lab import BigramOracle, bigram_metrics, sample_diversity  # noqa: E402
 from trl_likelihood.lab.experiments import (  # noqa: E402
@@ -69,7 +67,6 @@ from trl_likelihood.lab.experiments import (  # noqa: E402
     DDOSetup,
     ddo_control_failures,
     ddo_vs_mle,
-    quiet_logs,
 )
 
 METRICS = ("invalid_rate", "zero_mass", "js", "nll", "distinct_valid_bigrams", "token_entropy")
@@ -138,26 +135,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def run_seed(seed: int, args: argparse.Namespace, root: str) -> dict:
-    setup = DDOSetup(
-        seed=seed,
-        hidden_size=args.hidden_size,
-        ref_steps=args.ref_steps,
-        label_smoothing=args.label_smoothing,
-        control_steps=args.control_steps,
-        control_batch_size=args.control_batch_size,
-        control_learning_rate=args.control_learning_rate,
-        control_arm_learning_rate=args.control_arm_learning_rate,
-        control_train_size=args.control_train_size,
-        control_beta=args.control_beta,
-        round_steps=args.round_steps,
-        num_rounds=args.rounds,
-        alpha=args.alpha,
-        beta=args.beta,
-        batch_size=args.batch_size,
-        learning_rate=args.learning_rate,
-        eval_sequences=args.eval_sequences,
-        eval_samples=args.eval_samples,
-    )
+    setup = setup_from_args(DDOSetup, args, seed=seed, num_rounds=args.rounds)
     start = time.perf_counter()
     out = ddo_vs_mle(
         setup,
@@ -170,11 +148,6 @@ def run_seed(seed: int, args: argparse.Namespace, root: str) -> dict:
     oracle = bigram_metrics(BigramOracle(task), task, setup.eval_sequences, setup.eval_samples, held_out)
     oracle |= sample_diversity(task.sample(setup.eval_samples, held_out + 1), task)
     return out["metrics"] | {"oracle": oracle}
-
-
-def _mean_std(values: list[float], fmt: str = ".4g", std_fmt: str = ".2g", unit: str = "") -> str:
-    std = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{statistics.fmean(values):{fmt}}{unit} ± {std:{std_fmt}}{unit}"
 
 
 def rows(args: argparse.Namespace) -> list[tuple[str, str]]:
@@ -195,44 +168,41 @@ def markdown_table(runs: dict[int, dict], args: argparse.Namespace) -> str:
     header = "| arm | " + " | ".join(LABELS[m] for m in METRICS) + " |"
     lines = ["Absolute (mean ± std over seeds):", "", header, "|---" * (len(METRICS) + 1) + "|"]
     for label, key in [*rows(args), ("true P (its own samples)", "oracle")]:
-        cells = [_mean_std([r[key][m] for r in runs.values()]) for m in METRICS]
+        cells = [mean_std_cell([r[key][m] for r in runs.values()]) for m in METRICS]
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
-    lines += ["", "DDO relative to MLE at the same step, paired by seed (mean ± std):", "", header]
-    lines.append("|---" * (len(METRICS) + 1) + "|")
-    for label, key in rows(args):
-        if "ddo@" not in key:
-            continue
-        mle = key.replace("ddo@", "mle@")
-        cells = [
-            _mean_std([100.0 * (r[key][m] / r[mle][m] - 1.0) for r in runs.values()], "+.1f", ".1f", " %")
-            for m in METRICS
-        ]
-        lines.append(f"| {label} | " + " | ".join(cells) + " |")
-    lines += ["", "DDO relative to its own reference, paired by seed (mean ± std):", "", header]
-    lines.append("|---" * (len(METRICS) + 1) + "|")
-    for label, key in rows(args):
-        if "ddo@" not in key:
-            continue
-        ref = "control" if key.startswith("control-") else "reference"
-        cells = [
-            _mean_std([100.0 * (r[key][m] / r[ref][m] - 1.0) for r in runs.values()], "+.1f", ".1f", " %")
-            for m in METRICS
-        ]
-        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    lines += _relative_table(runs, args, "DDO relative to MLE at the same step", _mle_at_same_step)
+    lines += _relative_table(runs, args, "DDO relative to its own reference", _own_reference)
     return "\n".join(lines)
+
+
+def _mle_at_same_step(key: str) -> str:
+    return key.replace("ddo@", "mle@")
+
+
+def _own_reference(key: str) -> str:
+    return "control" if key.startswith("control-") else "reference"
+
+
+def _relative_table(
+    runs: dict[int, dict], args: argparse.Namespace, title: str, base: Callable[[str], str]
+) -> list[str]:
+    """Every DDO row's relative change vs ``base(its key)``, paired by seed, after a blank line and ``title``."""
+    header = "| arm | " + " | ".join(LABELS[m] for m in METRICS) + " |"
+    lines = ["", f"{title}, paired by seed (mean ± std):", "", header, "|---" * (len(METRICS) + 1) + "|"]
+    for label, key in rows(args):
+        if "ddo@" not in key:
+            continue
+        changes = {m: [100.0 * (r[key][m] / r[base(key)][m] - 1.0) for r in runs.values()] for m in METRICS}
+        lines.append(
+            f"| {label} | " + " | ".join(mean_std_cell(changes[m], "+.1f", ".1f", " %") for m in METRICS) + " |"
+        )
+    return lines
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    torch.set_num_threads(args.threads)
-    quiet_logs()
     start = time.perf_counter()
-    with tempfile.TemporaryDirectory() as tmp:
-        root = args.output_dir or tmp
-        runs = run_seeds(args, root)
-        if args.output_dir:
-            with open(f"{root}/results.json", "w") as f:
-                json.dump({"args": vars(args), "runs": runs}, f)
+    runs = run_study(run_seed, args, args.jobs)
     print()
     print(describe(args))
     print()
@@ -257,15 +227,6 @@ def describe(args: argparse.Namespace) -> str:
         f"{args.rounds} x {args.round_steps} steps, alpha {args.alpha:g}, batch {args.batch_size} real (+"
         f"{args.batch_size} fakes for DDO), seeds {args.seeds}; read at the end of each round."
     )
-
-
-def run_seeds(args: argparse.Namespace, root: str) -> dict[int, dict]:
-    """``run_seed`` for every seed, in ``args.jobs`` processes; the seeds are independent (own task, own folder)."""
-    if args.jobs <= 1:
-        return {seed: run_seed(seed, args, root) for seed in args.seeds}
-    with ProcessPoolExecutor(args.jobs, initializer=torch.set_num_threads, initargs=(args.threads,)) as pool:
-        futures = {seed: pool.submit(run_seed, seed, args, root) for seed in args.seeds}
-        return {seed: future.result() for seed, future in futures.items()}
 
 
 def check_control(runs: dict[int, dict], args: argparse.Namespace) -> None:

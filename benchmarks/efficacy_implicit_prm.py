@@ -12,16 +12,13 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
-import tempfile
 import time
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-import datasets  # noqa: E402
 import torch  # noqa: E402
-from transformers.utils import logging as hf_logging  # noqa: E402
+from studies import mean_std_cell, run_study, setup_from_args  # noqa: E402
 
 from trl_likelihood.lab.experiments import PRMSetup, implicit_prm_vs_controls  # noqa: E402
 
@@ -39,8 +36,7 @@ BASELINES = {"bon4_random": "best-of-4 random", "bon4_majority": "best-of-4 majo
 
 
 def _fmt(values: list[float]) -> str:
-    std = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{statistics.fmean(values):.3f} ± {std:.3f}"
+    return mean_std_cell(values, ".3f", ".3f")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -78,8 +74,7 @@ def run_seed(seed: int, args: argparse.Namespace, root: str) -> dict[str, dict[s
     """
     run: dict[str, dict[str, float]] = {}
     for loss_type in args.loss_types:
-        setup = PRMSetup(seed=seed, num_labels=args.num_labels, beta=args.beta, epochs=args.epochs,
-                         loss_type=loss_type, responses_per_prompt=args.responses_per_prompt)  # fmt: skip
+        setup = setup_from_args(PRMSetup, args, seed=seed, loss_type=loss_type)
         out = implicit_prm_vs_controls(setup, f"{root}/seed{seed}")
         controls = {key: out[key] for key in ("log_pi_ref", "random", "baselines", "reference")}
         run |= {f"implicit_prm_{loss_type}": out["implicit_prm"], **controls}
@@ -108,13 +103,8 @@ def markdown_table(runs: dict[int, dict], args: argparse.Namespace) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    torch.set_num_threads(args.threads)
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
-    datasets.disable_progress_bars()
     start = time.perf_counter()
-    with tempfile.TemporaryDirectory() as tmp:
-        runs = {seed: run_seed(seed, args, args.output_dir or tmp) for seed in args.seeds}
+    runs = run_study(run_seed, args, save=False)  # this study writes no results.json
     print(
         f"\nImplicit PRM on modular addition with bug cells: {args.num_labels} outcome labels, beta {args.beta}, "
         f"{args.epochs:g} epochs, seeds {args.seeds}; mean ± std over seeds.\n"

@@ -13,19 +13,17 @@ best dev-NLL checkpoint would pick early ones where MixCE has not yet sharpened.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import statistics
-import tempfile
 import time
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import torch  # noqa: E402
+from studies import mean_std_cell, run_study, setup_from_args  # noqa: E402
 
 from trl_likelihood.lab import BigramOracle, bigram_metrics  # noqa: E402
-from trl_likelihood.lab.experiments import MixCESetup, mixce_vs_mle, quiet_logs  # noqa: E402
+from trl_likelihood.lab.experiments import MixCESetup, mixce_vs_mle  # noqa: E402
 
 METRICS = ("zero_mass", "invalid_rate", "nll", "js")
 LABELS = {
@@ -60,19 +58,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def run_seed(seed: int, args: argparse.Namespace, root: str) -> dict:
     """One seed through the shared protocol (``trl_likelihood.lab.experiments``), plus the true P as a reference."""
-    setup = MixCESetup(
-        seed=seed,
-        vocab_size=args.vocab_size,
-        max_len=args.max_len,
-        hidden_size=args.hidden_size,
-        train_size=args.train_size,
-        warm_steps=args.warm_steps,
-        arm_steps=args.steps,
-        batch_size=args.batch_size,
-        learning_rate=args.learning_rate,
-        eval_sequences=args.eval_sequences,
-        eval_samples=args.eval_samples,
-    )
+    setup = setup_from_args(MixCESetup, args, seed=seed, arm_steps=args.steps)
     out = mixce_vs_mle(setup, etas=args.etas, output_dir=f"{root}/seed{seed}")
     task = out["task"]
     evaluate = dict(task=task, num_sequences=args.eval_sequences, num_samples=args.eval_samples, seed=seed + 1000)
@@ -83,19 +69,14 @@ def run_seed(seed: int, args: argparse.Namespace, root: str) -> dict:
     return results
 
 
-def _mean_std(values: list[float], fmt: str = ".4g", std_fmt: str = ".2g", unit: str = "") -> str:
-    std = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{statistics.fmean(values):{fmt}}{unit} ± {std:{std_fmt}}{unit}"
-
-
 def markdown_table(runs: dict[int, dict], etas: list[float]) -> str:
     """Mean ± std over seeds of each metric, then the change vs eta = 1 computed within each seed."""
     header = "| η | " + " | ".join(LABELS[m] for m in METRICS) + " |"
     lines = ["Absolute (mean ± std over seeds):", "", header, "|---" * (len(METRICS) + 1) + "|"]
     for eta in etas:
-        cells = [_mean_std([r[eta][m] for r in runs.values()]) for m in METRICS]
+        cells = [mean_std_cell([r[eta][m] for r in runs.values()]) for m in METRICS]
         lines.append(f"| {eta:g}{' (MLE)' if eta == 1.0 else ''} | " + " | ".join(cells) + " |")
-    oracle_nll = _mean_std([r["oracle"]["nll"] for r in runs.values()])
+    oracle_nll = mean_std_cell([r["oracle"]["nll"] for r in runs.values()])
     lines += ["", f"True P (oracle): held-out NLL/token {oracle_nll}; JS, mass and invalid rate are 0.", ""]
     lines += ["Relative change vs η = 1, paired by seed (mean ± std):", "", header, "|---" * (len(METRICS) + 1) + "|"]
     for eta in etas:
@@ -104,25 +85,16 @@ def markdown_table(runs: dict[int, dict], etas: list[float]) -> str:
         cells = []
         for m in METRICS:
             changes = [100.0 * (r[eta][m] / r[1.0][m] - 1.0) for r in runs.values()]
-            cells.append(_mean_std(changes, "+.1f", ".1f", " %"))
+            cells.append(mean_std_cell(changes, "+.1f", ".1f", " %"))
         lines.append(f"| {eta:g} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    torch.set_num_threads(args.threads)
-    quiet_logs()
     etas = sorted(set(args.etas), reverse=True)
     start = time.perf_counter()
-    with tempfile.TemporaryDirectory() as tmp:
-        root = args.output_dir or tmp
-        runs = {seed: run_seed(seed, args, root) for seed in args.seeds}
-        if args.output_dir:
-            with open(f"{root}/results.json", "w") as f:
-                json.dump(
-                    {"args": vars(args), "runs": {s: {str(k): v for k, v in r.items()} for s, r in runs.items()}}, f
-                )
+    runs = run_study(run_seed, args)  # JSON writes the float keys (the etas) as str() does
     print()
     print(
         f"MixCE efficacy on a sparse bigram P: V={args.vocab_size}, hidden {args.hidden_size}, "

@@ -18,24 +18,18 @@ over seeds). ``--check`` exits non-zero when one fails.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
-import tempfile
 import time
-from concurrent.futures import ProcessPoolExecutor
-from multiprocessing import get_context
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-import datasets  # noqa: E402
 import torch  # noqa: E402
-from transformers.utils import logging as hf_logging  # noqa: E402
+from studies import mean_std_cell, run_study, setup_from_args  # noqa: E402
 
 from trl_likelihood.lab.backtracking import SMSetup, sequencematch_vs_bc  # noqa: E402
-from trl_likelihood.lab.experiments import quiet_logs  # noqa: E402
 
 ARMS = ("MLE", "BC", "SM")
 METRICS = (
@@ -73,19 +67,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def run_seed(seed: int, args: argparse.Namespace, root: str) -> dict:
-    torch.set_num_threads(args.threads)  # also in a spawned worker
-    hf_logging.set_verbosity_error()
-    datasets.disable_progress_bars()
-    setup = SMSetup(
-        seed=seed,
-        warm_steps=args.warm_steps,
-        arm_steps=args.steps,
-        noise_prob=args.noise_prob,
-        chi2_coef=args.chi2_coef,
-        sm_weight=args.sm_weight,
-        learning_rate=args.learning_rate,
-        eval_problems=args.eval_problems,
-    )
+    setup = setup_from_args(SMSetup, args, seed=seed, arm_steps=args.steps)
     metrics = sequencematch_vs_bc(setup, f"{root}/seed{seed}")["metrics"]
     for arm in ARMS:
         print(f"seed {seed} {arm}: " + ", ".join(f"{k} {metrics[arm][k]:.3f}" for k, _ in METRICS), flush=True)
@@ -102,8 +84,7 @@ def markdown_table(runs: dict[int, dict], args: argparse.Namespace | None = None
     lines = [header, "|---" * (len(METRICS) + 1) + "|"]
 
     def cell(values: list[float], signed: bool = False) -> str:
-        std = statistics.stdev(values) if len(values) > 1 else 0.0
-        return f"{statistics.fmean(values):{'+' if signed else ''}.3f} ± {std:.3f}"
+        return mean_std_cell(values, "+.3f" if signed else ".3f", ".3f")
 
     for arm in ARMS:
         lines.append(f"| {arm} | " + " | ".join(cell([r[arm][k] for r in runs.values()]) for k, _ in METRICS) + " |")
@@ -129,20 +110,8 @@ def acceptance(runs: dict[int, dict]) -> list[tuple[str, bool]]:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    torch.set_num_threads(args.threads)
-    quiet_logs()
     start = time.perf_counter()
-    with tempfile.TemporaryDirectory() as tmp:
-        root = args.output_dir or tmp
-        if args.jobs > 1:
-            with ProcessPoolExecutor(max_workers=args.jobs, mp_context=get_context("spawn")) as pool:
-                futures = {seed: pool.submit(run_seed, seed, args, root) for seed in args.seeds}
-                runs = {seed: future.result() for seed, future in futures.items()}
-        else:
-            runs = {seed: run_seed(seed, args, root) for seed in args.seeds}
-        if args.output_dir:
-            with open(f"{root}/results.json", "w") as f:
-                json.dump({"args": vars(args), "runs": runs}, f, indent=1)
+    runs = run_study(run_seed, args, args.jobs, indent=1)
     print(
         f"\nSequenceMatch efficacy on 2-digit addition: {args.warm_steps} warm-start steps + {args.steps} per arm, "
         f"noise p={args.noise_prob}, chi2_coef={args.chi2_coef}, sm_weight={args.sm_weight}, seeds {args.seeds}.\n"

@@ -16,14 +16,15 @@ import os
 import sys
 import tempfile
 import time
-from concurrent.futures import ProcessPoolExecutor
-from multiprocessing import get_context
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import efficacy_sequencematch  # noqa: E402
+from studies import quiet_process, run_calls  # noqa: E402
 
 from trl_likelihood.lab import plots  # noqa: E402
+
+THREADS = 1  # torch threads per run: efficacy_sequencematch's default
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -47,13 +48,11 @@ def _run(p: float, seed: int, args: argparse.Namespace, root: str) -> dict:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     start = time.perf_counter()
-    jobs = [(p, seed) for p in args.noise_probs for seed in args.seeds]
+    quiet_process(THREADS)  # the runs' process when --jobs 1; the pool's workers set up the same
     with tempfile.TemporaryDirectory() as root:
-        with ProcessPoolExecutor(max_workers=args.jobs, mp_context=get_context("spawn")) as pool:
-            futures = {job: pool.submit(_run, *job, args, root) for job in jobs}
-            results = {f"{p:g}": {} for p in args.noise_probs}
-            for (p, seed), future in futures.items():
-                results[f"{p:g}"][str(seed)] = future.result()
+        calls = {(p, seed): (p, seed, args, root) for p in args.noise_probs for seed in args.seeds}
+        done = run_calls(_run, calls, args.jobs, THREADS)
+    results = {f"{p:g}": {str(seed): done[p, seed] for seed in args.seeds} for p in args.noise_probs}
     os.makedirs(args.output_dir, exist_ok=True)
     command = "python benchmarks/sequencematch_noise_sweep.py " + " ".join(sys.argv[1:] if argv is None else argv)
     report = {"command": command.strip(), "args": vars(args), "runs": results, "seconds": time.perf_counter() - start}

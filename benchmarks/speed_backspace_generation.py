@@ -22,13 +22,10 @@ import argparse
 import json
 import os
 import statistics
-import sys
-import time
 from collections.abc import Callable
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if ROOT not in sys.path:  # `trl_likelihood` from a checkout
-    sys.path.insert(0, ROOT)
+from speed_harness import timed_call  # also puts the checkout (`trl_likelihood`) first on sys.path
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
@@ -113,16 +110,6 @@ def arms(model: Qwen2ForCausalLM, prompts: torch.Tensor, args: argparse.Namespac
     }
 
 
-def timed(fn: Callable[[], float], cuda: bool) -> tuple[float, float, float]:
-    if cuda:
-        torch.cuda.synchronize()
-    t0, c0 = time.perf_counter(), time.process_time()
-    share = fn()
-    if cuda:
-        torch.cuda.synchronize()
-    return time.perf_counter() - t0, time.process_time() - c0, share
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu")
@@ -151,7 +138,7 @@ def main() -> None:
     results: dict[str, list[tuple[float, float, float]]] = {name: [] for name in runs}
     for repeat in range(args.warmup + args.repeats):
         for name, fn in runs.items():
-            timing = timed(fn, cuda)
+            timing = timed_call(fn, cuda)
             if repeat >= args.warmup:
                 results[name].append(timing)
     report(results, args)

@@ -165,4 +165,3 @@ def test_mixce_eval_reports_plain_nll_and_perplexity(tiny_model_dir, lm_dataset,
 def test_mixce_config_rejects_bad_eta(eta, tmp_path):
     with pytest.raises(ValueError, match="`eta` must be a number in \\[0, 1\\]"):
         MixCEConfig(str(tmp_path), eta=eta, use_cpu=True, bf16=False)
-
