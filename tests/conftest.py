@@ -21,6 +21,34 @@ from tests.tiny import CORPUS, build_tiny_model  # noqa: E402
 torch.set_num_threads(1)
 
 
+# The longest modules (a shared module-scoped experiment, or many subprocesses), longest first; then the other modules
+# with slow tests. Under ``-n 2 --dist loadscope`` (the README's command) a module runs whole on one worker, in this
+# order, so the two workers finish close together; a serial run only changes order.
+LONGEST_FIRST = (
+    "test_sequencematch_efficacy",
+    "test_notebooks",
+    "test_ddo_efficacy",
+    "test_demo",
+    "test_implicit_prm_efficacy",
+    "test_reliability_distributed",
+    "test_mixce_efficacy",
+)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    slow = {item.module.__name__ for item in items if item.get_closest_marker("slow")}
+
+    def rank(item: pytest.Item) -> tuple[int, int]:
+        name = item.module.__name__.rsplit(".", 1)[-1]
+        return (
+            (LONGEST_FIRST.index(name), 0)
+            if name in LONGEST_FIRST
+            else (len(LONGEST_FIRST), item.module.__name__ not in slow)
+        )
+
+    items.sort(key=rank)  # stable: tests keep their order inside a module
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> str:
     """A saved tiny Qwen2 model and its tokenizer: tests load them with ``from_pretrained(path)``."""

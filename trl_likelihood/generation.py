@@ -107,6 +107,20 @@ def _new_cache(model: torch.nn.Module) -> dict[str, DynamicCache]:
     return {_cache_argument(model): DynamicCache(config=core.config)}
 
 
+def _last_logits(
+    model: torch.nn.Module,
+    step_ids: torch.Tensor,
+    mask: torch.Tensor,
+    positions: torch.Tensor,
+    cache: dict[str, DynamicCache],
+) -> torch.Tensor:
+    """One cached decoding step: fp32 next-token logits ``(B, V)`` at the last fed position (the cache grows)."""
+    out = model(
+        input_ids=step_ids, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1, **cache
+    )
+    return out.logits[:, -1].float()
+
+
 def _check_sampling_arguments(max_new_tokens: int, temperature: float, top_k: int, top_p: float) -> None:
     if max_new_tokens < 1:
         raise ValueError(f"`max_new_tokens` must be >= 1, got {max_new_tokens}.")
@@ -181,15 +195,8 @@ def sample_completions(
     cache = _new_cache(model)
     with _sampling_mode(model, device):
         for _ in range(max_new_tokens):
-            out = model(
-                input_ids=step_ids,
-                attention_mask=mask,
-                position_ids=positions,
-                use_cache=True,
-                logits_to_keep=1,
-                **cache,
-            )
-            probs = _filter_logits(out.logits[:, -1].float(), temperature, top_k, top_p).softmax(-1)
+            logits = _last_logits(model, step_ids, mask, positions, cache)
+            probs = _filter_logits(logits, temperature, top_k, top_p).softmax(-1)
             token = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
             token = token.masked_fill(finished, pad_token_id)
             keep.append(~finished)
@@ -357,15 +364,8 @@ def sample_with_backspace(
     cache = _new_cache(model)
     with _sampling_mode(model, device):
         for _ in range(max_new_tokens):
-            out = model(
-                input_ids=step_ids,
-                attention_mask=mask,
-                position_ids=positions,
-                use_cache=True,
-                logits_to_keep=1,
-                **cache,
-            )
-            logits = _forbid_backspace(out.logits[:, -1].float(), bkspc_token_id, alive.depth <= alive.floor)
+            logits = _last_logits(model, step_ids, mask, positions, cache)
+            logits = _forbid_backspace(logits, bkspc_token_id, alive.depth <= alive.floor)
             probs = _filter_logits(logits, temperature, top_k, top_p).softmax(-1)
             action = torch.multinomial(probs, 1, generator=generator).squeeze(-1).masked_fill(finished, pad_token_id)
             live = ~finished
