@@ -97,14 +97,20 @@ def test_lora_trains_the_backspace_rows_and_keeps_the_base_frozen(tiny_model_dir
     assert "sequencematch" in card and BACKSPACE in card and "sample_with_backspace" in card
 
 
-def test_resume_mid_run_restores_the_replay_buffer(tiny_model_dir, prompt_completion_dataset, tmp_path):
-    """Stopped at step 3 (after a refresh at step 2) and resumed: the same weights and losses as one run."""
+@pytest.mark.parametrize("lora", [False, True], ids=["full", "lora"])
+def test_resume_mid_run_restores_the_replay_buffer(tiny_model_dir, prompt_completion_dataset, tmp_path, lora):
+    """Stopped at step 3 (after a refresh at step 2) and resumed: the same weights and losses as one run. Under LoRA
+    the checkpoint holds the adapter and the <bkspc> rows only, no embedding matrices: the resumed run rebuilds the
+    rest from the base model exactly."""
 
     def run(name: str, **kw) -> SequenceMatchTrainer:
         trainer = SequenceMatchTrainer(
             model=tiny_model_dir,
-            args=_args(tmp_path, name, max_steps=6, learning_rate=1e-3, replay_refresh_steps=2, **kw),
+            args=_args(
+                tmp_path, name, max_steps=6, learning_rate=1e-2 if lora else 1e-3, replay_refresh_steps=2, **kw
+            ),
             train_dataset=prompt_completion_dataset,
+            peft_config=LoraConfig(**LORA) if lora else None,
         )
         return trainer
 
@@ -115,6 +121,10 @@ def test_resume_mid_run_restores_the_replay_buffer(tiny_model_dir, prompt_comple
     part.train()
     checkpoint = os.path.join(part.args.output_dir, "checkpoint-3")
     assert os.path.isfile(os.path.join(checkpoint, BUFFER_STATE.format(rank=0)))
+    if lora:
+        saved = load_file(os.path.join(checkpoint, "adapter_model.safetensors"))
+        vocab = len(part.processing_class)
+        assert not [k for k, v in saved.items() if v.ndim == 2 and v.shape[0] >= vocab]
     resumed = run("part", save_strategy="steps", save_steps=3)
     resumed.train(resume_from_checkpoint=checkpoint)
     losses = [h["loss"] for h in _steps(full)]
