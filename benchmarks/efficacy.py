@@ -33,6 +33,7 @@ import efficacy_ddo  # noqa: E402
 import efficacy_implicit_prm  # noqa: E402
 import efficacy_mixce  # noqa: E402
 import efficacy_sequencematch  # noqa: E402
+import sequencematch_noise_sweep  # noqa: E402
 import torch  # noqa: E402
 from studies import run_seeds  # noqa: E402
 
@@ -40,6 +41,17 @@ from trl_likelihood.lab import plots  # noqa: E402
 from trl_likelihood.lab.experiments import quiet_logs  # noqa: E402
 
 Run = dict[str, Any]  # one seed's results, as the method's ``run_seed`` returns them
+
+
+@dataclass(frozen=True)
+class Extra:
+    """Another study of a method, run by its own script: its plot and results JSON in the output dir, what made
+    them, and ``table(runs)`` for its Markdown table."""
+
+    image: str
+    caption: str
+    results: str = ""
+    table: Callable[[dict[str, Any]], str] | None = None
 
 
 @dataclass(frozen=True)
@@ -60,7 +72,7 @@ class Method:
     quick: list[str] = field(default_factory=list)
     table: Callable[[dict[int, Run], argparse.Namespace], str] | None = None
     decode: Callable[[Run], Run] = lambda run: run
-    extras: tuple[tuple[str, str], ...] = ()  # (PNG in the output dir, what made it): shown when present
+    extras: tuple[Extra, ...] = ()  # other studies of the method, shown when their files are present
 
     def markdown(self, runs: dict[int, Run], args: argparse.Namespace) -> str:
         return self.table(runs, args) if self.table else self.benchmark.markdown_table(runs, args)
@@ -127,10 +139,12 @@ METHODS: dict[str, Method] = {
         plot=plots.plot_sequencematch,
         quick=["--warm_steps", "30", "--steps", "10", "--eval_problems", "100"],
         extras=(
-            (
+            Extra(
                 "sequencematch-noise.png",
                 "Recovery vs noise level (1,000 warm-start + 300 steps, 500 problems, 3 seeds; "
                 "`python benchmarks/sequencematch_noise_sweep.py --jobs 3`, results in `sequencematch-noise.json`):",
+                results="sequencematch-noise.json",
+                table=sequencematch_noise_sweep.markdown_table,
             ),
         ),
     ),
@@ -175,13 +189,24 @@ def render(results: dict[str, Any], output_dir: str) -> str:
         flags = shlex.join(result["flags"]) or "(defaults)"
         lines += [f"Seeds {sorted(runs)}; the benchmark's flags: `{flags}`; {result['seconds']:.0f} s.", ""]
         lines += [method.markdown(runs, args), "", f"![{method.title}]({os.path.basename(png)})", ""]
-        for image, caption in method.extras:
-            if os.path.exists(os.path.join(output_dir, image)):
-                lines += [caption, "", f"![{image}]({image})", ""]
+        for extra in method.extras:
+            lines += _extra_lines(extra, output_dir)
     text = "\n".join(lines)
     with open(os.path.join(output_dir, "efficacy.md"), "w") as f:
         f.write(text)
     return text
+
+
+def _extra_lines(extra: Extra, output_dir: str) -> list[str]:
+    """An extra study's caption, plot and table, for the parts whose files are in ``output_dir``."""
+    if not os.path.exists(os.path.join(output_dir, extra.image)):
+        return []
+    lines = [extra.caption, "", f"![{extra.image}]({extra.image})", ""]
+    results = os.path.join(output_dir, extra.results)
+    if extra.table and extra.results and os.path.exists(results):
+        with open(results) as f:
+            lines += [extra.table(json.load(f)["runs"]), ""]
+    return lines
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -20,11 +20,12 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import efficacy_sequencematch  # noqa: E402
-from studies import quiet_process, run_calls  # noqa: E402
+from studies import mean_std_cell, quiet_process, run_calls  # noqa: E402
 
 from trl_likelihood.lab import plots  # noqa: E402
 
 THREADS = 1  # torch threads per run: efficacy_sequencematch's default
+COLUMNS = (("recovery_later", "wrong 2nd digit"), ("recovery_two", "two wrong digits"), ("accuracy", "clean accuracy"))
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -45,6 +46,23 @@ def _run(p: float, seed: int, args: argparse.Namespace, root: str) -> dict:
     return efficacy_sequencematch.run_seed(seed, study, os.path.join(root, f"p{p:g}"))
 
 
+def markdown_table(results: dict[str, dict[str, dict]]) -> str:
+    """Per noise level: BC and SM, mean ± std over seeds, and SM − BC paired by seed (the arms share the BC warm
+    start, so the pairing removes the warm start's luck, which dominates the spread)."""
+    header = ["p", *(f"{label}: BC / SM / SM − BC" for _, label in COLUMNS)]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for p, by_seed in results.items():
+        runs = list(by_seed.values())
+        cells = [p]
+        for key, _ in COLUMNS:
+            bc, sm = [run["BC"][key] for run in runs], [run["SM"][key] for run in runs]
+            paired = [b - a for a, b in zip(bc, sm)]
+            parts = ((bc, ".2f"), (sm, ".2f"), (paired, "+.2f"))
+            cells.append(" / ".join(mean_std_cell(values, fmt, ".2f") for values, fmt in parts))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     start = time.perf_counter()
@@ -60,13 +78,7 @@ def main(argv: list[str] | None = None) -> None:
         json.dump(report, f, indent=1)
     by_noise = {float(p): list(runs.values()) for p, runs in results.items()}
     png = plots.plot_sequencematch_noise(by_noise, os.path.join(args.output_dir, "sequencematch-noise.png"))
-    for p, runs in by_noise.items():
-        line = []
-        for arm in ("BC", "SM"):
-            for key in ("recovery_later", "recovery_two", "accuracy"):
-                mean, std = plots.mean_std(runs, arm, key)
-                line.append(f"{arm} {key} {mean:.3f}±{std:.3f}")
-        print(f"p={p:g}: " + ", ".join(line))
+    print(markdown_table(results))
     print(f"wrote {png}; {time.perf_counter() - start:.0f} s")
 
 

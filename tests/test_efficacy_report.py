@@ -81,3 +81,22 @@ def test_plots_from_each_experiments_results(tmp_path):
         plots.plot_implicit_prm(prm, str(tmp_path / "sub" / "p.png")),
     ]
     assert all(_is_png(path) for path in paths)
+
+
+def test_noise_sweep_table_pairs_the_arms_by_seed():
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    try:
+        import sequencematch_noise_sweep as sweep
+    finally:
+        sys.path.pop(0)
+
+    def run(bc: float, sm: float) -> dict:
+        metrics = {"recovery_later": 0.5, "accuracy": 0.9}
+        return {"BC": {**metrics, "recovery_two": bc}, "SM": {**metrics, "recovery_two": sm}}
+
+    # SM is 0.1 above BC in every seed, while the seeds themselves spread widely.
+    table = sweep.markdown_table({"0.2": {"0": run(0.1, 0.2), "1": run(0.7, 0.8), "2": run(0.4, 0.5)}})
+    row = table.splitlines()[2].split(" | ")
+    assert row[0] == "| 0.2"
+    assert row[2] == "0.40 ± 0.30 / 0.50 ± 0.30 / +0.10 ± 0.00"  # two wrong digits: BC / SM / paired SM − BC
+    assert row[1] == "0.50 ± 0.00 / 0.50 ± 0.00 / +0.00 ± 0.00"
