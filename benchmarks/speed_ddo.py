@@ -12,7 +12,7 @@ mean fake length is recorded). DPO takes ``prompt, chosen, rejected`` rows with 
 and backward on ``2 x batch`` rows of ``prompt_len + completion_len + 1`` tokens plus a no-grad reference forward on
 the same rows; DDO adds the sampling, with the KV cache, before it.
 
-Method, as ``benchmarks/speed_mixce.py`` (model, corpus and timer from ``benchmarks/harness.py``):
+Method, as ``benchmarks/speed_mixce.py`` (model, corpus and timer from ``benchmarks/speed_harness.py``):
 - Every run (one arm, one repeat) is a fresh ``spawn`` process, DPO and DDO alternating, so drift of the machine hits
   both arms alike and no allocator or CUDA state carries from one run to the next.
 - Step time is ``time.perf_counter`` from ``on_step_begin`` to ``on_step_end`` (sampling, both forwards, loss,

@@ -15,7 +15,7 @@ forward. The arms:
   no-grad forwards per step (policy and reference on mismatched prompt/completion pairs), so it is expected to be
   slower than both, and ``--kto_arms apo_zero_unpaired`` leaves it out.
 
-Method, as ``benchmarks/speed_mixce.py`` (model, corpus, timer and table from ``benchmarks/harness.py``):
+Method, as ``benchmarks/speed_mixce.py`` (model, corpus, timer and table from ``benchmarks/speed_harness.py``):
 - Every run (one arm, one repeat) is a fresh ``spawn`` process, the arms alternating within each repeat, so drift of
   the machine hits all arms alike and no allocator or CUDA state carries from one run to the next.
 - Step time is ``time.perf_counter`` from ``on_step_begin`` to ``on_step_end`` (both forwards, loss, metrics,

@@ -4,7 +4,7 @@
     python benchmarks/speed_mixce.py --device cuda --bf16 --batch_size 16 --seq_len 1024 --steps 30
     python benchmarks/speed_mixce.py --device cuda --bf16 --model /path/to/Qwen3-0.6B --output_json speed.json
 
-Method (``benchmarks/harness.py``, which every ``speed_*`` script shares):
+Method (``benchmarks/speed_harness.py``, which every ``speed_*`` script shares):
 - Every run (one arm, one repeat) is a fresh ``spawn`` process, alternating SFT, MixCE, SFT, MixCE, ... so that drift
   of the machine hits both arms alike and no allocator or CUDA state carries from one run to the next.
 - Step time is ``time.perf_counter`` from ``on_step_begin`` to ``on_step_end`` (forward, loss, metrics, backward,

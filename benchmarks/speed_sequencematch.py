@@ -13,9 +13,10 @@ Arms (all on the same ``text`` rows, truncated to exactly ``--seq_len`` tokens, 
   The buffer is refilled every ``--refresh_steps`` steps by sampling with backspace; the steps that refill it are
   timed separately (``refresh step``), the others give the median step.
 
-Method as ``benchmarks/speed_mixce.py`` (model, corpus, timer, summary and table from ``benchmarks/harness.py``): a
-fresh ``spawn`` process per run, arms alternating within each repeat, median over the kept steps of every repeat, one
-torch thread on CPU, peak memory as peak RSS (CPU) or ``max_memory_allocated`` (CUDA) over ``train()``.
+Method as ``benchmarks/speed_mixce.py`` (model, corpus, timer, summary and table from
+``benchmarks/speed_harness.py``): a fresh ``spawn`` process per run, arms alternating within each repeat, median over
+the kept steps of every repeat, one torch thread on CPU, peak memory as peak RSS (CPU) or ``max_memory_allocated``
+(CUDA) over ``train()``.
 """
 
 from __future__ import annotations
