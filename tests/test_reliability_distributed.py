@@ -87,8 +87,12 @@ compute_loss = cls.compute_loss
 def poisoned(self, model, inputs, *args, **kwargs):
     out = compute_loss(self, model, inputs, *args, **kwargs)
     if model.training and self.accelerator.process_index == 1 and self.state.global_step == 1:
-        out = (out[0] * float("nan"), *out[1:]) if isinstance(out, tuple) else out * float("nan")
+        out = (poison(model, out[0]), *out[1:]) if isinstance(out, tuple) else poison(model, out)
     return out
+
+
+def poison(model, loss):
+{poison}
 
 
 cls.compute_loss = poisoned
@@ -97,22 +101,44 @@ runpy.run_path({script!r}, run_name="__main__")
 """
 
 
-@pytest.mark.parametrize("name", list(CASES))
-def test_nan_on_one_rank_stops_every_rank_before_the_step(name, tiny_model_dir, tmp_path):
-    """Rank 1 alone gets a NaN loss at step 2; DDP would average it into every rank's gradient. Both ranks stop with
-    the step named, before the optimizer step, within the timeout (no rank waits for the other), and no checkpoint
-    is written after step 1."""
-    case = CASES[name]
+NAN_LOSS = "    return loss * float('nan')"
+# A finite loss whose gradient is NaN: 0 * sqrt(z) at z = 0 adds 0, and its derivative is 0 * inf.
+NAN_GRADIENT = """    weight = next(p for p in model.parameters() if p.requires_grad)
+    return loss + 0.0 * ((weight - weight.detach()).sum()).sqrt()"""
+
+
+def _run_poisoned(case, poison: str, tiny_model_dir, tmp_path) -> str:
+    """Two processes, rank 1 poisoned at step 2, a checkpoint every step: the run fails with no checkpoint after
+    step 1. Returns its output."""
     config = _config(case, tmp_path, tiny_model_dir)
     script = tmp_path / "poisoned.py"
     cls = case.trainer_class
-    script.write_text(POISON.format(module=cls.__module__, name=cls.__name__, script=case.script))
+    script.write_text(POISON.format(module=cls.__module__, name=cls.__name__, script=case.script, poison=poison))
     out = tmp_path / "out"
     cmd = [*_launch_two(str(script), config), "--output_dir", str(out), "--max_steps", "3"]
     cmd += ["--save_strategy", "steps", "--save_steps", "1"]
     proc = subprocess.run(cmd, env=_env(), cwd=REPO, capture_output=True, text=True, timeout=240)
     logs = proc.stdout + proc.stderr
     assert proc.returncode != 0, logs[-3000:]
+    assert sorted(f for f in os.listdir(out) if f.startswith("checkpoint-")) == ["checkpoint-1"]  # none after step 1
+    return logs
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_nan_on_one_rank_stops_every_rank_before_the_step(name, tiny_model_dir, tmp_path):
+    """Rank 1 alone gets a NaN loss at step 2; DDP would average it into every rank's gradient. Both ranks stop with
+    the step named, before the optimizer step, within the timeout (no rank waits for the other), and no checkpoint
+    is written after step 1."""
+    logs = _run_poisoned(CASES[name], NAN_LOSS, tiny_model_dir, tmp_path)
     assert logs.count("FloatingPointError: Non-finite training loss") == 2, logs[-3000:]  # both ranks
     assert "on this process, or non-finite on another) at global step 2:" in logs
-    assert sorted(f for f in os.listdir(out) if f.startswith("checkpoint-")) == ["checkpoint-1"]
+
+
+def test_nan_gradient_on_one_rank_stops_every_rank_before_the_step(tiny_model_dir, tmp_path):
+    """Rank 1's loss stays finite but its gradient is NaN at step 2: after DDP's all-reduce every rank holds the NaN,
+    so both stop on the gradient check before the optimizer step."""
+    logs = _run_poisoned(CASES["mixce"], NAN_GRADIENT, tiny_model_dir, tmp_path)
+    error = "FloatingPointError: Non-finite gradient (the loss was finite) at global step 2:"
+    assert logs.count(error) == 2 and "Non-finite training loss" not in logs, logs[
+        -3000:
+    ]  # both ranks, on the gradient
