@@ -14,12 +14,18 @@ processed, exactly the alive prefix in front of it (a backspace only deletes the
 front of ``q`` can die while ``q`` lives), hence every hidden state equals the one of the state run on its own. The
 logits of a state are read at the physical position of its last alive token; a ``<bkspc>`` position's output is
 never used.
+
+Under LoRA, ``with_trainable_token`` makes the ``<bkspc>`` output row trainable (PEFT's ``trainable_token_indices``)
+and ``saving_token_rows_only`` keeps the saved adapter to that row instead of both resized embedding matrices.
 """
 
 from __future__ import annotations
 
+import contextlib
+import copy
+import functools
 import random
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -369,3 +375,47 @@ def state_logits(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torc
     index = (state_index - first).clamp(min=0)
     rows = torch.arange(index.shape[0], device=index.device)[:, None]
     return outputs.logits[rows, index]
+
+
+# ----- PEFT: train and save the new token's rows only
+
+
+@contextlib.contextmanager
+def saving_token_rows_only(model: Any) -> Iterator[None]:
+    """While it is open, ``model.save_pretrained`` saves a LoRA adapter without the resized embedding matrices.
+
+    PEFT's ``save_embedding_layers="auto"`` writes both full embedding matrices once the vocabulary has grown (here by
+    ``<bkspc>``): vocab x hidden twice, larger than the adapter itself for a real vocabulary. The trained ``<bkspc>``
+    rows are already in the adapter (``trainable_token_indices``); every other row is the base's, and
+    ``add_backspace_token(base, tokenizer)`` rebuilds the new rows' untrained start exactly, so they need not be saved.
+    """
+    if not hasattr(model, "peft_config"):
+        yield
+        return
+    model.save_pretrained = functools.partial(type(model).save_pretrained, model, save_embedding_layers=False)
+    try:
+        yield
+    finally:
+        del model.save_pretrained  # the class's method again
+
+
+def with_trainable_token(peft_config: Any, model: Any, token_id: int) -> Any:
+    """A copy of a LoRA config whose ``trainable_token_indices`` also trains ``token_id``'s output-embedding row.
+
+    Only the output row matters: ``<bkspc>`` is never an input (no state attends to it, and the sampler re-feeds the
+    last surviving token instead). With tied embeddings that row is the input row, which PEFT keeps tied.
+    """
+    if not hasattr(peft_config, "trainable_token_indices"):
+        raise ValueError(
+            f"{type(peft_config).__name__} cannot train new token rows; use a LoraConfig (PEFT's "
+            "`trainable_token_indices`) so that <bkspc> is learned."
+        )
+    config = copy.deepcopy(peft_config)
+    targets = config.trainable_token_indices
+    targets = dict(targets) if isinstance(targets, dict) else {"embed_tokens": list(targets)} if targets else {}
+    names = {module: name.split(".")[-1] for name, module in model.named_modules()}
+    embedding, output = model.get_input_embeddings(), model.get_output_embeddings()
+    layer = embedding if output is None or output.weight is embedding.weight else output
+    targets[names[layer]] = sorted({*targets.get(names[layer], []), token_id})
+    config.trainable_token_indices = targets
+    return config

@@ -16,6 +16,8 @@ from collections.abc import Hashable, Iterator
 from typing import Any
 
 import torch
+from transformers import TrainerCallback
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
 
 from ..cards import CardInfo, is_local_path, public_model_name, render_card
 
@@ -219,6 +221,38 @@ def resolve_args(trainer_name: str, model: Any, args: Any, config_class: type, k
     if kwargs.get("compute_loss_func") is not None:
         raise ValueError(f"{trainer_name} defines its own loss; `compute_loss_func` cannot be combined with it.")
     return args
+
+
+class CheckpointedMethodState:
+    """Method state that ``Trainer``'s checkpoints do not hold (DDO's round reference and pool of fakes,
+    SequenceMatch's replay buffer): ``SaveMethodState`` writes it into every checkpoint and ``train`` reads it back on
+    a resume, before ``Trainer`` restores the rest, so that a resumed run goes on as an uninterrupted one would."""
+
+    def save_method_state(self, folder: str) -> None:
+        """Write the state into the checkpoint ``folder`` (every process calls it)."""
+        raise NotImplementedError
+
+    def load_method_state(self, folder: str) -> None:
+        """Read the state back from the checkpoint ``folder``; files absent there mean the state's start."""
+        raise NotImplementedError
+
+    def train(self, resume_from_checkpoint: str | bool | None = None, *args: Any, **kwargs: Any):
+        folder = (
+            get_last_checkpoint(self.args.output_dir) if resume_from_checkpoint is True else resume_from_checkpoint
+        )
+        if folder:
+            self.load_method_state(folder)
+        return super().train(resume_from_checkpoint, *args, **kwargs)
+
+
+class SaveMethodState(TrainerCallback):
+    """Calls ``save_method_state`` of a ``CheckpointedMethodState`` trainer on every checkpoint it writes."""
+
+    def __init__(self, trainer: CheckpointedMethodState):
+        self.trainer = trainer
+
+    def on_save(self, args, state, control, **kwargs):
+        self.trainer.save_method_state(os.path.join(args.output_dir, f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"))
 
 
 class LossOnlyEvaluation:

@@ -42,8 +42,6 @@ from typing import Any
 
 import torch
 from accelerate.logging import get_logger
-from transformers import TrainerCallback
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
 from trl import SFTConfig, SFTTrainer
 
 from .. import _compat
@@ -54,8 +52,10 @@ from ..losses import IGNORE_INDEX, ddo_loss
 from ..ratio import adapter_disabled, build_reference, token_logps, trainable_snapshot, weights_swapped
 from .base import (
     CardMixin,
+    CheckpointedMethodState,
     LossOnlyEvaluation,
     MicroBatchIndex,
+    SaveMethodState,
     check_config_fields,
     check_sft_loss_fields,
     resolve_args,
@@ -156,7 +156,7 @@ class DDOConfig(SFTConfig):
         check_sft_loss_fields(self, "DDO", whole_sequences="scores whole sequences")
 
 
-class DDOTrainer(CardMixin, LossOnlyEvaluation, SFTTrainer):
+class DDOTrainer(CheckpointedMethodState, CardMixin, LossOnlyEvaluation, SFTTrainer):
     """[`~trl.SFTTrainer`] on the same data, trained with DDO against reference samples; self-play rounds."""
 
     _name = "DDO"
@@ -202,7 +202,7 @@ class DDOTrainer(CardMixin, LossOnlyEvaluation, SFTTrainer):
         eos = getattr(getattr(self.model, "generation_config", None), "eos_token_id", None)
         self._eos = sorted({tok.eos_token_id, *([eos] if isinstance(eos, int) else eos or [])} - {None})
         self._pad = tok.pad_token_id if tok.pad_token_id is not None else self._eos[0]
-        self.add_callback(_SaveRoundState(self))
+        self.add_callback(SaveMethodState(self))
 
     # ------------------------------------------------------------------ rounds
     def round_length(self) -> int:
@@ -212,25 +212,22 @@ class DDOTrainer(CardMixin, LossOnlyEvaluation, SFTTrainer):
     def _round_at(self, step: int) -> int:
         return min(step // self.round_length(), self.args.num_rounds - 1)
 
-    def train(self, resume_from_checkpoint: str | bool | None = None, *args: Any, **kwargs: Any):
-        """Trainer's ``train``; a resume also restores the round and its reference from the checkpoint."""
-        folder = (
-            get_last_checkpoint(self.args.output_dir) if resume_from_checkpoint is True else resume_from_checkpoint
-        )
-        file = os.path.join(folder or "", ROUND_STATE)
-        if folder and os.path.isfile(file):
+    # ------------------------------------------------------------------ checkpoints
+    def load_method_state(self, folder: str) -> None:
+        """The round and its reference, and this process's pool of fakes, as ``save_method_state`` wrote them."""
+        file = os.path.join(folder, ROUND_STATE)
+        if os.path.isfile(file):
             state = torch.load(file, map_location=self.accelerator.device, weights_only=True)
             if self.reference.kind == "model":
                 self.reference.ref_model.load_state_dict(state["reference"])
             else:
                 self._ref_snapshot = state["reference"]
             self._round = state["round"]
-        pool = os.path.join(folder or "", POOL_STATE.format(rank=self.accelerator.process_index))
-        if folder and os.path.isfile(pool):
+        pool = os.path.join(folder, POOL_STATE.format(rank=self.accelerator.process_index))
+        if os.path.isfile(pool):
             self._pool = {tuple(key): fake for key, fake in torch.load(pool, weights_only=True)}
-        return super().train(resume_from_checkpoint, *args, **kwargs)
 
-    def save_round_state(self, folder: str) -> None:
+    def save_method_state(self, folder: str) -> None:
         """Write the round and its reference (round 1's is rebuilt from the inputs) into ``folder``, and each
         process's pool of fakes, so that a resume continues the round with the same reference and the same fakes."""
         if self._round > 0 and self.args.should_save:
@@ -380,16 +377,6 @@ class DDOTrainer(CardMixin, LossOnlyEvaluation, SFTTrainer):
             "reference": self._reference_name or info.base_model,
             "rounds_completed": self._round + 1,
         }
-
-
-class _SaveRoundState(TrainerCallback):
-    """Saves the round state into every checkpoint, so that resuming mid-round keeps the round's reference."""
-
-    def __init__(self, trainer: DDOTrainer):
-        self.trainer = trainer
-
-    def on_save(self, args, state, control, **kwargs):
-        self.trainer.save_round_state(os.path.join(args.output_dir, f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"))
 
 
 def ddo_metrics(rows: torch.Tensor, beta: float) -> dict[str, float]:

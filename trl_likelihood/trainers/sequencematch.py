@@ -35,18 +35,14 @@ Choices made here (the paper's Eq. 4/5 and its masking algorithm could not be re
 
 from __future__ import annotations
 
-import contextlib
-import functools
 import os
 import random
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from accelerate.logging import get_logger
-from transformers import AutoTokenizer, TrainerCallback
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
+from transformers import AutoTokenizer
 from trl import SFTConfig, SFTTrainer
 
 from .. import _compat
@@ -57,7 +53,9 @@ from ..backspace import (
     augment_with_noise,
     collate_states,
     parallel_states,
+    saving_token_rows_only,
     state_logits,
+    with_trainable_token,
 )
 from ..cards import CardInfo
 from ..data import validate_sft_datasets
@@ -65,8 +63,10 @@ from ..generation import sample_with_backspace, sampling_seed
 from ..losses import IGNORE_INDEX, action_nll, sequencematch_loss
 from .base import (
     CardMixin,
+    CheckpointedMethodState,
     LossOnlyEvaluation,
     MicroBatchIndex,
+    SaveMethodState,
     check_config_fields,
     check_sft_loss_fields,
     resolve_args,
@@ -177,7 +177,7 @@ class SequenceMatchConfig(SFTConfig):
         check_sft_loss_fields(self, "SequenceMatch", whole_sequences="builds its own states")
 
 
-class SequenceMatchTrainer(CardMixin, LossOnlyEvaluation, SFTTrainer):
+class SequenceMatchTrainer(CheckpointedMethodState, CardMixin, LossOnlyEvaluation, SFTTrainer):
     """[`~trl.SFTTrainer`] on the same data, trained with SequenceMatch: ``<bkspc>``, noise, on-policy rollouts."""
 
     _name = "SequenceMatch"
@@ -214,7 +214,7 @@ class SequenceMatchTrainer(CardMixin, LossOnlyEvaluation, SFTTrainer):
             )
         self.bkspc_id = add_backspace_token(model, tokenizer, args.backspace_token)
         if peft_config is not None:
-            peft_config = _with_trainable_token(peft_config, model, self.bkspc_id)
+            peft_config = with_trainable_token(peft_config, model, self.bkspc_id)
         super().__init__(
             model,
             args=args,
@@ -235,7 +235,7 @@ class SequenceMatchTrainer(CardMixin, LossOnlyEvaluation, SFTTrainer):
         self.buffer: list[Trajectory] = []
         self._micro_index = MicroBatchIndex()
         self._refreshed: int | None = None  # the global step of the last refresh (a step refreshes once)
-        self.add_callback(_SaveBuffer(self))
+        self.add_callback(SaveMethodState(self))
 
     # ------------------------------------------------------------------ randomness
     def _generator(
@@ -419,19 +419,15 @@ class SequenceMatchTrainer(CardMixin, LossOnlyEvaluation, SFTTrainer):
         return self.accelerator.gather(value.detach().float().reshape(1)).mean().item()
 
     # ------------------------------------------------------------------ checkpoints
-    def train(self, resume_from_checkpoint: str | bool | None = None, *args: Any, **kwargs: Any):
-        """Trainer's ``train``; a resume also restores this process's replay buffer from the checkpoint."""
-        folder = (
-            get_last_checkpoint(self.args.output_dir) if resume_from_checkpoint is True else resume_from_checkpoint
-        )
-        file = os.path.join(folder or "", BUFFER_STATE.format(rank=self.accelerator.process_index))
-        if folder and os.path.isfile(file):
+    def load_method_state(self, folder: str) -> None:
+        """This process's replay buffer, as ``save_method_state`` wrote it."""
+        file = os.path.join(folder, BUFFER_STATE.format(rank=self.accelerator.process_index))
+        if os.path.isfile(file):
             state = torch.load(file, weights_only=True)
             self.buffer = [Trajectory(*t) for t in state["buffer"]]
             self._refreshed = state["refreshed"]
-        return super().train(resume_from_checkpoint, *args, **kwargs)
 
-    def save_buffer(self, folder: str) -> None:
+    def save_method_state(self, folder: str) -> None:
         """Write this process's replay buffer into ``folder`` (a checkpoint)."""
         os.makedirs(folder, exist_ok=True)
         state = {"buffer": [[t.prompt, t.stream, t.is_action] for t in self.buffer], "refreshed": self._refreshed}
@@ -439,7 +435,7 @@ class SequenceMatchTrainer(CardMixin, LossOnlyEvaluation, SFTTrainer):
 
     # ------------------------------------------------------------------ card
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
-        with _token_rows_only(self.model):
+        with saving_token_rows_only(self.model):
             super()._save(output_dir, state_dict)
 
     def card_hyperparameters(self) -> dict[str, Any]:
@@ -451,56 +447,3 @@ class SequenceMatchTrainer(CardMixin, LossOnlyEvaluation, SFTTrainer):
 
     def card_extra(self, info: CardInfo) -> dict[str, Any]:
         return {"backspace_token": self.args.backspace_token, "backspace_id": self.bkspc_id}
-
-
-class _SaveBuffer(TrainerCallback):
-    """Saves every process's replay buffer into every checkpoint, so that a resume draws the same rollouts."""
-
-    def __init__(self, trainer: SequenceMatchTrainer):
-        self.trainer = trainer
-
-    def on_save(self, args, state, control, **kwargs):
-        self.trainer.save_buffer(os.path.join(args.output_dir, f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"))
-
-
-@contextlib.contextmanager
-def _token_rows_only(model: Any) -> Iterator[None]:
-    """Save a LoRA adapter without the resized embedding matrices.
-
-    PEFT's ``save_embedding_layers="auto"`` writes both full embedding matrices once the vocabulary has grown (here by
-    ``<bkspc>``): vocab x hidden twice, larger than the adapter itself for a real vocabulary. The trained ``<bkspc>``
-    rows are already in the adapter (``trainable_token_indices``); every other row is the base's, and
-    ``add_backspace_token(base, tokenizer)`` rebuilds the new rows' untrained start exactly, so they need not be saved.
-    """
-    if not hasattr(model, "peft_config"):
-        yield
-        return
-    model.save_pretrained = functools.partial(type(model).save_pretrained, model, save_embedding_layers=False)
-    try:
-        yield
-    finally:
-        del model.save_pretrained  # the class's method again
-
-
-def _with_trainable_token(peft_config: Any, model: Any, token_id: int) -> Any:
-    """A copy of a LoRA config whose ``trainable_token_indices`` also trains the new token's output-embedding row.
-
-    Only the output row matters: ``<bkspc>`` is never an input (no state attends to it, and the sampler re-feeds the
-    last surviving token instead). With tied embeddings that row is the input row, which PEFT keeps tied.
-    """
-    import copy
-
-    if not hasattr(peft_config, "trainable_token_indices"):
-        raise ValueError(
-            f"{type(peft_config).__name__} cannot train new token rows; use a LoraConfig (PEFT's "
-            "`trainable_token_indices`) so that <bkspc> is learned."
-        )
-    config = copy.deepcopy(peft_config)
-    targets = config.trainable_token_indices
-    targets = dict(targets) if isinstance(targets, dict) else {"embed_tokens": list(targets)} if targets else {}
-    names = {module: name.split(".")[-1] for name, module in model.named_modules()}
-    embedding, output = model.get_input_embeddings(), model.get_output_embeddings()
-    layer = embedding if output is None or output.weight is embedding.weight else output
-    targets[names[layer]] = sorted({*targets.get(names[layer], []), token_id})
-    config.trainable_token_indices = targets
-    return config
