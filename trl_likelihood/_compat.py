@@ -20,7 +20,7 @@ import trl
 # <bkspc> token before SFT wraps the model in PEFT, so it loads the model itself, the same way.
 from trl.trainer.utils import (  # noqa: F401  (re-exported)
     add_fused_lm_head,
-    create_model_from_path,  # noqa: F401  (re-exported)
+    create_model_from_path,
     disable_dropout_in_model,
 )
 

@@ -173,11 +173,17 @@ def _check_same_kind(dataset: Dataset | IterableDataset, head: list[dict] | None
         kinds = [(isinstance(r.get("prompt"), list), isinstance(r.get("completion"), list)) for r in head]
     for row, (prompt_is_messages, completion_is_messages) in enumerate(kinds):
         if prompt_is_messages != completion_is_messages:
-            expected, got = ("messages", "text") if prompt_is_messages else ("text", "messages")
-            raise ValueError(
-                f"{where}: column 'completion', row {row}: expected {expected} like column 'prompt', got {got}; "
-                "a prompt and its completion must be both strings (standard) or both message lists (conversational)."
-            )
+            raise kind_mismatch_error(where, "completion", row, prompt_is_messages)
+
+
+def kind_mismatch_error(where: str, column: str, row: int, prompt_is_messages: bool) -> ValueError:
+    """The error for a response whose kind (text or messages) differs from its prompt's: TRL's own is a bare
+    ``TypeError``."""
+    expected, got = ("messages", "text") if prompt_is_messages else ("text", "messages")
+    return ValueError(
+        f"{where}: column {column!r}, row {row}: expected {expected} like column 'prompt', got {got}; a prompt and "
+        "its responses must be both strings (standard) or both message lists (conversational)."
+    )
 
 
 def _is_list_feature(feature: Any) -> bool:

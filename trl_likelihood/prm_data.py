@@ -16,6 +16,8 @@ from typing import Any
 
 from datasets import Dataset
 
+from .data import kind_mismatch_error
+
 LABEL_COLUMN = "prm_label"
 
 
@@ -40,11 +42,7 @@ def _response_like(prompt: Any, value: Any, column: str, row: int, where: str) -
     """A non-empty response of the prompt's kind: TRL fails with a bare ``TypeError`` on text mixed with messages."""
     value = _response(value, column, row, where)
     if isinstance(prompt, list) != isinstance(value, list):
-        expected, got = ("messages", "text") if isinstance(prompt, list) else ("text", "messages")
-        raise ValueError(
-            f"{where}: column {column!r}, row {row}: expected {expected} like column 'prompt', got {got}; a prompt "
-            "and its responses must be both strings (standard) or both message lists (conversational)."
-        )
+        raise kind_mismatch_error(where, column, row, isinstance(prompt, list))
     return value
 
 
