@@ -31,7 +31,7 @@ from ..losses import implicit_prm_dpo_loss, implicit_prm_loss
 from ..metrics import binary_auroc
 from ..prm_data import LABEL_COLUMN, prepare_prm_dataset
 from ..ratio import Reference, build_reference, token_logps
-from .base import CardMixin, LossOnlyEvaluation, resolve_args
+from .base import CardMixin, LossOnlyEvaluation, check_config_fields, resolve_args
 
 IMPLICIT_PRM_CITATION = """\
 @article{yuan2024implicitprm,
@@ -81,8 +81,7 @@ class ImplicitPRMConfig(SFTConfig):
 
     def __post_init__(self):
         super().__post_init__()
-        if isinstance(self.beta, bool) or not isinstance(self.beta, int | float) or not self.beta > 0:
-            raise ValueError(f"`beta` must be a positive number, got {self.beta!r}.")
+        check_config_fields(self, numbers=(("beta", lambda v: v > 0, "a positive number"),))
         if self.loss_type not in ("ce", "dpo"):
             raise ValueError(f"`loss_type` must be 'ce' or 'dpo', got {self.loss_type!r}.")
         if self.packing:

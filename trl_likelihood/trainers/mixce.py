@@ -29,7 +29,7 @@ from trl import SFTConfig, SFTTrainer
 from .. import _compat
 from ..data import validate_sft_datasets
 from ..losses import mixce_token_loss
-from .base import CardMixin, check_sft_loss_fields, resolve_args
+from .base import CardMixin, check_config_fields, check_sft_loss_fields, resolve_args
 
 MIXCE_CITATION = """\
 @inproceedings{zhang2023mixce,
@@ -61,8 +61,9 @@ class MixCEConfig(SFTConfig):
 
     def __post_init__(self):
         super().__post_init__()
-        if isinstance(self.eta, bool) or not isinstance(self.eta, int | float) or not 0.0 <= self.eta <= 1.0:
-            raise ValueError(f"`eta` must be a number in [0, 1] (weight of the forward CE), got {self.eta!r}.")
+        check_config_fields(
+            self, numbers=(("eta", lambda v: 0 <= v <= 1, "a number in [0, 1] (weight of the forward CE)"),)
+        )
         check_sft_loss_fields(self, "MixCE")
         if self.label_smoothing_factor:
             raise ValueError("`label_smoothing_factor` is not supported by MixCE; set it to 0.")
