@@ -13,8 +13,9 @@ import argparse
 import contextlib
 import io
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 METHODS = ("mixce", "implicit-prm", "ddo", "sequencematch")
 Progress = Callable[[str], None]
@@ -67,6 +68,17 @@ BIGRAM_COLUMNS = {
 }
 
 
+def _save_with_cards(trainers: Iterable[Any]) -> None:
+    """Save every arm (weights, tokenizer) with its model card. Ours write the card in ``save_model``; TRL's
+    ``SFTTrainer`` (the MLE controls) writes one only with a checkpoint or a push, so it is asked for it."""
+    from .trainers.base import CardMixin
+
+    for trainer in trainers:
+        trainer.save_model()
+        if not isinstance(trainer, CardMixin):
+            trainer.create_model_card()
+
+
 def run_mixce(steps: int, seed: int, output_dir: str, progress: Progress) -> Report:
     """MixCE (eta 0.5 and 0.1) vs MLE on a sparse random bigram: impossible-token mass, invalid samples, NLL, JS."""
     from .lab.experiments import MixCESetup, mixce_vs_mle
@@ -75,8 +87,7 @@ def run_mixce(steps: int, seed: int, output_dir: str, progress: Progress) -> Rep
     setup = MixCESetup(seed=seed, warm_steps=max(2 * steps // 3, 1), arm_steps=steps)  # 200 + 300: calibrated
     out_dir = os.path.join(output_dir, "mixce")
     result = mixce_vs_mle(setup, etas=(1.0, 0.5, 0.1), output_dir=out_dir, on_arm=progress)
-    for trainer in result["trainers"].values():
-        trainer.save_model()  # weights, tokenizer and the model card
+    _save_with_cards(result["trainers"].values())
     m = result["metrics"]
     plot = plot_mixce([{1.0: m["eta=1"], 0.5: m["eta=0.5"], 0.1: m["eta=0.1"]}], os.path.join(output_dir, "mixce.png"))
     return Report(
@@ -132,9 +143,7 @@ def run_ddo(steps: int, seed: int, output_dir: str, progress: Progress) -> Repor
     setup = DDOSetup(seed=seed, ref_steps=max(steps, 1), round_steps=max(steps // 2, 1), num_rounds=1)
     out_dir = os.path.join(output_dir, "ddo")
     result = ddo_vs_mle(setup, out_dir, on_stage=progress)
-    for trainer in result["trainers"].values():
-        trainer.save_model()
-    result["trainers"]["mle"].create_model_card()  # TRL's SFTTrainer writes its card only with a checkpoint or a push
+    _save_with_cards(result["trainers"].values())
     m, at = result["metrics"], setup.round_steps
     plot = plot_ddo([m], os.path.join(output_dir, "ddo.png"))
     return Report(
@@ -161,9 +170,7 @@ def run_sequencematch(steps: int, seed: int, output_dir: str, progress: Progress
     )
     out_dir = os.path.join(output_dir, "sequencematch")
     result = sequencematch_vs_bc(setup, out_dir, on_arm=progress)
-    for trainer in result["trainers"].values():
-        trainer.save_model()
-    result["trainers"]["MLE"].create_model_card()  # TRL's SFTTrainer writes its card only with a checkpoint or a push
+    _save_with_cards(result["trainers"].values())
     m = result["metrics"]
     plot = plot_sequencematch([m], os.path.join(output_dir, "sequencematch.png"))
     columns = {
