@@ -14,6 +14,11 @@ from typing import Any
 import torch
 import trl
 
+# TRL 1.16: how DPOTrainer places its frozen ``ref_model`` for DeepSpeed (an inference engine; ZeRO-3 shards it, other
+# stages run it at stage 0) and for FSDP (``fully_shard``). Our references are placed the same way.
+# TRL 1.16: sampling under ZeRO-3 with every parameter gathered once and DeepSpeed's hooks removed for the phase.
+from trl.models import prepare_deepspeed, prepare_fsdp, unwrap_model_for_generation  # noqa: F401,E402
+
 # TRL 1.16: the chunked LM head that returns per-token log-probs without building (B, T, V) logits, and the helper
 # DPO/KTO use to switch dropout off (a ratio to a dropout-free reference must not be noisy on one side).
 # TRL 1.16: how SFTTrainer turns a model id into a model (dtype strings, float32 default). SequenceMatch must add its

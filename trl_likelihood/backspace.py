@@ -31,6 +31,8 @@ from typing import Any
 
 import torch
 
+from .engines import full_shape, gathered
+
 BACKSPACE = "<bkspc>"
 
 
@@ -118,17 +120,20 @@ def add_backspace_token(model: torch.nn.Module, tokenizer: Any, token: str = BAC
             f"{encoded} (id {token_id}). Use a tokenizer that supports added special tokens."
         )
     base = _base_model(model)
-    rows = base.get_input_embeddings().weight.shape[0]
+    rows = full_shape(base.get_input_embeddings().weight)[0]  # a ZeRO-3 partition's own shape is (0,)
     grew = token_id >= rows
     if grew:
         base.resize_token_embeddings(max(len(tokenizer), token_id + 1), mean_resizing=False)
     if added or grew:
         known = max(1, min(rows, token_id))  # rows past the tokenizer (padded vocabularies) are not tokens
         input_weight = base.get_input_embeddings().weight
-        _embedding_rows_to_mean(input_weight, token_id, known)
         output = base.get_output_embeddings()
-        if output is not None and output.weight is not input_weight:
-            _embedding_rows_to_mean(output.weight, token_id, known)
+        weights = [input_weight] + (
+            [output.weight] if output is not None and output.weight is not input_weight else []
+        )
+        with gathered(weights, modify=True):  # ZeRO-3: full rows inside, every process writes the same mean
+            for weight in weights:
+                _embedding_rows_to_mean(weight, token_id, known)
     return token_id
 
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import inspect
+import itertools
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -27,6 +28,7 @@ from dataclasses import dataclass
 import torch
 from transformers import DynamicCache
 
+from . import engines
 from .backspace import Trajectory
 
 
@@ -95,15 +97,21 @@ def _left_pad(prompts: Sequence[Sequence[int]] | torch.Tensor, pad_token_id: int
     return ids, mask
 
 
+def _core(model: torch.nn.Module) -> torch.nn.Module:
+    """The transformers model inside an engine wrapper (DeepSpeed's ``.module``) and PEFT."""
+    model = getattr(model, "module", model)
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
 def _cache_argument(model: torch.nn.Module) -> str:
     """The KV-cache keyword of the core model's ``forward``: ``cache`` in transformers 5.2x, else the old one."""
-    core = model.get_base_model() if hasattr(model, "get_base_model") else model
+    core = _core(model)
     return "cache" if "cache" in inspect.signature(type(core).forward).parameters else "past_key_values"
 
 
 def _new_cache(model: torch.nn.Module) -> dict[str, DynamicCache]:
     """An empty KV cache as the keyword argument the model's ``forward`` takes; it is filled in place, step by step."""
-    core = model.get_base_model() if hasattr(model, "get_base_model") else model
+    core = _core(model)
     return {_cache_argument(model): DynamicCache(config=core.config)}
 
 
@@ -119,6 +127,17 @@ def _last_logits(
         input_ids=step_ids, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1, **cache
     )
     return out.logits[:, -1].float()
+
+
+def _stop(finished: torch.Tensor, out_of_budget: bool) -> torch.Tensor:
+    """Every row is finished once ``max_new_tokens`` are sampled (later steps only keep other processes company)."""
+    return torch.ones_like(finished) if out_of_budget else finished
+
+
+def _all_done(finished: torch.Tensor, sync_ranks: bool) -> bool:
+    """Stop decoding: this process's rows are all finished and, with ``sync_ranks``, every other process's too."""
+    done = bool(finished.all())
+    return engines.all_ranks(done, finished.device) if sync_ranks else done
 
 
 def _check_sampling_arguments(max_new_tokens: int, temperature: float, top_k: int, top_p: float) -> None:
@@ -170,6 +189,7 @@ def sample_completions(
     top_p: float = 1.0,
     generator: torch.Generator | None = None,
     seed: int | None = None,
+    sync_ranks: bool = False,
 ) -> Samples:
     """Sample one completion per prompt from ``model`` (a causal LM, or a PEFT model, e.g. under ``adapter_disabled``).
 
@@ -182,6 +202,9 @@ def sample_completions(
         pad_token_id: written before prompts and after EOS.
         temperature, top_k, top_p: ``1.0``, ``0``, ``1.0`` sample the model's own distribution.
         generator: the source of randomness (on the model's device); else one seeded with ``seed`` (``0`` if None).
+        sync_ranks: keep every process decoding until all are done (``engines.decodes_in_lockstep``): under ZeRO-3 and
+            FSDP each forward gathers weights with collectives. A process whose rows are done feeds padding; its
+            samples are the same as without the flag.
     """
     _check_sampling_arguments(max_new_tokens, temperature, top_k, top_p)
     device = next(model.parameters()).device
@@ -194,7 +217,7 @@ def sample_completions(
     step_ids, new, keep = ids, [], []
     cache = _new_cache(model)
     with _sampling_mode(model, device):
-        for _ in range(max_new_tokens):
+        for step in itertools.count(1):
             logits = _last_logits(model, step_ids, mask, positions, cache)
             probs = _filter_logits(logits, temperature, top_k, top_p).softmax(-1)
             token = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
@@ -205,7 +228,8 @@ def sample_completions(
             mask = torch.cat([mask, keep[-1][:, None].to(mask.dtype)], dim=1)
             positions = positions[:, -1:] + 1
             step_ids = token[:, None]
-            if finished.all():
+            finished = _stop(finished, step >= max_new_tokens)
+            if _all_done(finished, sync_ranks):
                 break
     completion = torch.stack(keep, 1)
     input_ids = torch.cat([ids, torch.stack(new, 1)], 1)
@@ -318,6 +342,7 @@ def sample_with_backspace(
     top_p: float = 1.0,
     generator: torch.Generator | None = None,
     seed: int | None = None,
+    sync_ranks: bool = False,
 ) -> BackspaceSamples:
     """Sample completions in which ``<bkspc>`` is an action that deletes the last completion token (SequenceMatch).
 
@@ -342,6 +367,7 @@ def sample_with_backspace(
         temperature, top_k, top_p: as ``sample_completions``; ``1.0``, ``0``, ``1.0`` sample the model itself.
         generator: the source of randomness (on the model's device); else one seeded with ``seed`` (``0`` if None).
             One ``torch.multinomial`` over the ``(B, V)`` probabilities per step, finished rows included.
+        sync_ranks: as ``sample_completions``: every process decodes until all are done.
     """
     _check_sampling_arguments(max_new_tokens, temperature, top_k, top_p)
     prompt_rows = _as_rows(prompts)
@@ -363,7 +389,7 @@ def sample_with_backspace(
     step_ids, actions, keep = ids, [], []
     cache = _new_cache(model)
     with _sampling_mode(model, device):
-        for _ in range(max_new_tokens):
+        for step in itertools.count(1):
             logits = _last_logits(model, step_ids, mask, positions, cache)
             logits = _forbid_backspace(logits, bkspc_token_id, alive.depth <= alive.floor)
             probs = _filter_logits(logits, temperature, top_k, top_p).softmax(-1)
@@ -372,8 +398,8 @@ def sample_with_backspace(
             actions.append(action)
             keep.append(live)
             feed, top, mask = alive.step(action, live, mask, bkspc_token_id, pad_token_id)
-            finished = finished | torch.isin(action, eos)
-            if finished.all():
+            finished = _stop(finished | torch.isin(action, eos), step >= max_new_tokens)
+            if _all_done(finished, sync_ranks):
                 break
             step_ids, positions = feed[:, None], top[:, None]
     taken = [

@@ -12,14 +12,14 @@ Log-probs come from TRL's fused LM head in fp32, so the ``(B, T, V)`` logits are
 from __future__ import annotations
 
 import contextlib
-import copy
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from accelerate.utils import is_peft_model
 
-from . import _compat
+from . import _compat, engines
 
 
 @dataclass
@@ -72,7 +72,13 @@ def adapter_disabled(model: torch.nn.Module):
 class Reference:
     """Where reference log-probs come from; ``sequence_logps(batch)`` returns ``(B,)`` sums under no grad."""
 
-    def __init__(self, policy: torch.nn.Module, ref_model: torch.nn.Module | None = None, precomputed: bool = False):
+    def __init__(
+        self,
+        policy: torch.nn.Module,
+        ref_model: torch.nn.Module | None = None,
+        precomputed: bool = False,
+        autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
+    ):
         if precomputed:
             self.kind = "precomputed"
         elif ref_model is not None:
@@ -85,6 +91,8 @@ class Reference:
                 "disabled), or set `precompute_ref_log_probs=True`."
             )
         self.ref_model = ref_model
+        # The policy's mixed precision (accelerate's autocast): at theta = theta_ref the log-ratio is then exactly 0.
+        self.autocast = autocast
         if ref_model is not None:
             ref_model.eval().requires_grad_(False)
             ensure_fused_head(ref_model)
@@ -96,16 +104,18 @@ class Reference:
             if column not in batch:
                 raise KeyError(f"Precomputed reference log-probs expected in column {column!r} of the batch.")
             return batch[column].float()
-        if self.kind == "adapter":
-            with adapter_disabled(policy) as base:
-                return token_logps(base, batch).sequence()
-        return token_logps(self.ref_model, batch).sequence()
+        with self.autocast():
+            if self.kind == "adapter":
+                with adapter_disabled(policy) as base:
+                    return token_logps(base, batch).sequence()
+            return token_logps(self.ref_model, batch).sequence()
 
 
 def trainable_snapshot(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """Copies of the trainable weights (the adapter, under PEFT). With ``weights_swapped`` they are a frozen reference
-    that costs one adapter of memory instead of a second model (DDO's self-play rounds)."""
-    return {n: p.detach().clone() for n, p in unwrap_ddp(model).named_parameters() if p.requires_grad}
+    """Full copies of the trainable weights (the adapter, under PEFT), gathered under ZeRO-3/FSDP2. With
+    ``weights_swapped`` they are a frozen reference that costs one adapter of memory instead of a second model (DDO's
+    self-play rounds)."""
+    return {n: engines.read_full(p) for n, p in unwrap_ddp(model).named_parameters() if p.requires_grad}
 
 
 @contextlib.contextmanager
@@ -117,26 +127,25 @@ def weights_swapped(model: torch.nn.Module, weights: dict[str, torch.Tensor]):
     """
     unwrapped = unwrap_ddp(model)
     params = dict(unwrapped.named_parameters())
-    current = {n: params[n].detach().clone() for n in weights}
+    current = {n: engines.read_full(params[n]) for n in weights}
     try:
-        with torch.no_grad():
-            for n, value in weights.items():
-                params[n].copy_(value)
+        for n, value in weights.items():
+            engines.write_full(params[n], value)
         yield unwrapped
     finally:
-        with torch.no_grad():
-            for n, value in current.items():
-                params[n].copy_(value)
+        for n, value in current.items():
+            engines.write_full(params[n], value)
 
 
 def frozen_copy(model: torch.nn.Module) -> torch.nn.Module:
-    """A frozen deep copy of ``model`` (a reference for full fine-tuning) whose ``forward`` runs its own weights.
+    """A frozen copy of ``model`` (a reference for full fine-tuning) whose ``forward`` runs its own weights.
 
-    ``copy.deepcopy`` of a model patched with TRL's fused head keeps the patch's closure over the original's
-    ``forward``: the copy's plain (non-fused) forward, the one ``generate`` and sampling call, would run the original's
-    weights. The patch is dropped here; ``Reference`` patches the copy again, bound to itself.
+    The copy (``engines.frozen_copy``: a deep copy, gathered under ZeRO-3) of a model patched with TRL's fused head
+    keeps the patch's closure over the original's ``forward``: the copy's plain (non-fused) forward, the one
+    ``generate`` and sampling call, would run the original's weights. The patch is dropped here; ``Reference`` patches
+    the copy again, bound to itself.
     """
-    ref = copy.deepcopy(model)
+    ref = engines.frozen_copy(model)
     vars(ref).pop("forward", None)
     vars(ref).pop("_trl_likelihood_fused", None)
     return ref.eval().requires_grad_(False)
@@ -155,11 +164,12 @@ def build_reference(trainer: Any, ref_model: Any) -> Reference:
     )
     trainer._reference_name = public_model_name(name)
     if isinstance(ref_model, str):
-        ref_model = AutoModelForCausalLM.from_pretrained(ref_model, **(trainer.args.model_init_kwargs or {}))
+        init_kwargs = {"dtype": trainer.model.dtype, **(trainer.args.model_init_kwargs or {})}  # the policy's dtype
+        ref_model = AutoModelForCausalLM.from_pretrained(ref_model, **init_kwargs)
     if ref_model is None and not _compat.is_peft(trainer.model):
         ref_model = frozen_copy(trainer.accelerator.unwrap_model(trainer.model))
-    if ref_model is not None:
-        ref_model = ref_model.to(trainer.accelerator.device)
-    reference = Reference(trainer.model, ref_model)
+    reference = Reference(trainer.model, ref_model, autocast=trainer.accelerator.autocast)
+    if ref_model is not None:  # placed for the engine after the fused head is patched in
+        reference.ref_model = engines.prepare_frozen(ref_model, trainer.accelerator)
     trainer._reference_source = reference.kind
     return reference

@@ -44,12 +44,12 @@ import torch
 from accelerate.logging import get_logger
 from trl import SFTConfig, SFTTrainer
 
-from .. import _compat
+from .. import _compat, engines
 from ..cards import CardInfo
 from ..data import validate_sft_datasets
 from ..generation import append_completions, sample_completions, sampling_seed
 from ..losses import IGNORE_INDEX, ddo_loss
-from ..ratio import adapter_disabled, build_reference, token_logps, trainable_snapshot, weights_swapped
+from ..ratio import adapter_disabled, build_reference, token_logps, trainable_snapshot, unwrap_ddp, weights_swapped
 from .base import (
     CardMixin,
     CheckpointedMethodState,
@@ -217,11 +217,12 @@ class DDOTrainer(CheckpointedMethodState, CardMixin, LossOnlyEvaluation, SFTTrai
         """The round and its reference, and this process's pool of fakes, as ``save_method_state`` wrote them."""
         file = os.path.join(folder, ROUND_STATE)
         if os.path.isfile(file):
-            state = torch.load(file, map_location=self.accelerator.device, weights_only=True)
-            if self.reference.kind == "model":
-                self.reference.ref_model.load_state_dict(state["reference"])
+            # Loaded on the CPU: a checkpoint written by CPU processes tags its tensors "cpu:0", which torch cannot map
+            state = torch.load(file, map_location="cpu", weights_only=True)
+            if self.reference.kind == "model":  # full tensors, each process keeping its shard under ZeRO-3/FSDP2
+                engines.load_full_state(unwrap_ddp(self.reference.ref_model), state["reference"])
             else:
-                self._ref_snapshot = state["reference"]
+                self._ref_snapshot = {n: w.to(self.accelerator.device) for n, w in state["reference"].items()}
             self._round = state["round"]
         pool = os.path.join(folder, POOL_STATE.format(rank=self.accelerator.process_index))
         if os.path.isfile(pool):
@@ -230,9 +231,13 @@ class DDOTrainer(CheckpointedMethodState, CardMixin, LossOnlyEvaluation, SFTTrai
     def save_method_state(self, folder: str) -> None:
         """Write the round and its reference (round 1's is rebuilt from the inputs) into ``folder``, and each
         process's pool of fakes, so that a resume continues the round with the same reference and the same fakes."""
-        if self._round > 0 and self.args.should_save:
-            ref = self._ref_snapshot if self.reference.kind != "model" else self.reference.ref_model.state_dict()
-            torch.save({"round": self._round, "reference": ref}, os.path.join(folder, ROUND_STATE))
+        if self._round > 0:
+            # Full tensors (gathered under ZeRO-3/FSDP2, so every process takes part), written by the main process.
+            ref = self._ref_snapshot
+            if self.reference.kind == "model":
+                ref = engines.full_state(unwrap_ddp(self.reference.ref_model))
+            if self.args.should_save:
+                torch.save({"round": self._round, "reference": ref}, os.path.join(folder, ROUND_STATE))
         if self._pool:
             os.makedirs(folder, exist_ok=True)
             pool = [[list(key), fake] for key, fake in self._pool.items()]
@@ -254,7 +259,7 @@ class DDOTrainer(CheckpointedMethodState, CardMixin, LossOnlyEvaluation, SFTTrai
         """Make the current model the reference, without a second copy of the model under PEFT."""
         policy = self.accelerator.unwrap_model(self.model)
         if self.reference.kind == "model":
-            self.reference.ref_model.load_state_dict(policy.state_dict())
+            engines.copy_weights(policy, unwrap_ddp(self.reference.ref_model))
         else:
             self._ref_snapshot = trainable_snapshot(policy)
         self._pool.clear()
@@ -314,6 +319,7 @@ class DDOTrainer(CheckpointedMethodState, CardMixin, LossOnlyEvaluation, SFTTrai
                 top_k=self.args.top_k,
                 top_p=self.args.top_p,
                 generator=self._generator(mode, ids.device),
+                sync_ranks=engines.decodes_in_lockstep(self.accelerator),
             )
             if mode == "train":
                 self._times["sampling"] += time.perf_counter() - start
@@ -327,8 +333,10 @@ class DDOTrainer(CheckpointedMethodState, CardMixin, LossOnlyEvaluation, SFTTrai
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         mode = "train" if self.model.training else "eval"
         n_real = inputs["input_ids"].size(0)
-        with torch.no_grad(), self._reference_model(model) as ref:
-            fakes = self._fakes(ref, inputs, mode)
+        engine = self.reference.ref_model if self.reference.kind == "model" else model
+        with torch.no_grad(), self.reference.autocast(), self._reference_model(model) as ref:
+            with engines.sampling_weights(engine, self.accelerator):
+                fakes = self._fakes(ref, inputs, mode)
             batch = append_completions(inputs, fakes, self._pad)
             ref_lp = token_logps(ref, batch)  # before the policy forward: the swap writes into trainable weights
         policy_lp = token_logps(model, batch)

@@ -18,10 +18,12 @@ Choices made here:
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from accelerate.utils import gather_object
 from datasets import Dataset
 from trl import SFTConfig, SFTTrainer
 
@@ -155,29 +157,44 @@ class ImplicitPRMTrainer(CardMixin, LossOnlyEvaluation, SFTTrainer):
     # ------------------------------------------------------------------ reference
     @torch.no_grad()
     def _precompute_reference_logps(self) -> None:
-        """Store reference log-prob sums as dataset columns, then drop the reference model from memory."""
+        """Store reference log-prob sums as dataset columns, then drop the reference model from memory.
+
+        This runs before ``Trainer`` prepares the policy: under DeepSpeed the adapter-disabled policy is wrapped in an
+        inference engine for the pass, as ``DPOTrainer`` does (under ZeRO-3 its weights are partitioned already)."""
         size = self.args.precompute_ref_batch_size or self.args.per_device_eval_batch_size
-        self.train_dataset = self._with_ref_logps(self.train_dataset, size)
+        policy = self.model
+        if self.reference.kind == "adapter" and self.is_deepspeed_enabled:
+            policy = _compat.prepare_deepspeed(self.model, self.accelerator)
+        self.train_dataset = self._with_ref_logps(policy, self.train_dataset, size)
         if isinstance(self.eval_dataset, dict):
-            self.eval_dataset = {k: self._with_ref_logps(v, size) for k, v in self.eval_dataset.items()}
+            self.eval_dataset = {k: self._with_ref_logps(policy, v, size) for k, v in self.eval_dataset.items()}
         elif self.eval_dataset is not None:
-            self.eval_dataset = self._with_ref_logps(self.eval_dataset, size)
+            self.eval_dataset = self._with_ref_logps(policy, self.eval_dataset, size)
         self.reference = Reference(self.model, precomputed=True)
         self._reference_source = f"precomputed-{self._reference_source}"
 
-    def _with_ref_logps(self, dataset: Dataset, batch_size: int) -> Dataset:
+    def _with_ref_logps(self, policy: torch.nn.Module, dataset: Dataset, batch_size: int) -> Dataset:
+        """The dataset with its reference log-prob columns. Each process scores every ``num_processes``-th row (the
+        same number of batches on each, padded with a repeated row, so sharded engines stay in step) and the rows
+        are gathered back in order."""
+        rank, world = self.accelerator.process_index, self.accelerator.num_processes
+        mine = list(range(rank, len(dataset), world))
+        mine += mine[-1:] * (math.ceil(len(dataset) / world) - len(mine))
         was_training = self.model.training
         self.model.eval()
-        chosen, rejected = [], []
-        for start in range(0, len(dataset), batch_size):
-            examples = [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
-            batch = self._prepare_inputs(self.data_collator(examples))
-            logps = self.reference.sequence_logps(self.model, batch).cpu().tolist()
-            chosen += logps[: len(examples)]
-            rejected += logps[len(examples) :]
+        scored = []
+        for start in range(0, len(mine), batch_size):
+            index = mine[start : start + batch_size]
+            batch = self._prepare_inputs(self.data_collator([dataset[i] for i in index]))
+            logps = self.reference.sequence_logps(policy, batch).cpu().tolist()
+            rejected = logps[len(index) :] or [None] * len(index)
+            scored += list(zip(index, logps[: len(index)], rejected))
         self.model.train(was_training)
-        dataset = dataset.add_column("ref_logps", chosen)
-        return dataset.add_column("rejected_ref_logps", rejected) if rejected else dataset
+        by_row = {i: (c, r) for i, c, r in gather_object(scored)}
+        dataset = dataset.add_column("ref_logps", [by_row[i][0] for i in range(len(dataset))])
+        if by_row[0][1] is None:
+            return dataset
+        return dataset.add_column("rejected_ref_logps", [by_row[i][1] for i in range(len(dataset))])
 
     # ------------------------------------------------------------------ data
     def _prepare_dataset(self, dataset, processing_class, args, packing, formatting_func, dataset_name):

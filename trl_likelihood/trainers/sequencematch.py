@@ -45,7 +45,7 @@ from accelerate.logging import get_logger
 from transformers import AutoTokenizer
 from trl import SFTConfig, SFTTrainer
 
-from .. import _compat
+from .. import _compat, engines
 from ..backspace import (
     BACKSPACE,
     Trajectory,
@@ -326,16 +326,18 @@ class SequenceMatchTrainer(CheckpointedMethodState, CardMixin, LossOnlyEvaluatio
         budget = (self.args.max_length or 10**9) - max(len(p) for p in prompts)
         if budget < 1:
             raise ValueError(f"A prompt fills `max_length`={self.args.max_length}: no room for a rollout.")
-        samples = sample_with_backspace(
-            self.accelerator.unwrap_model(model),
-            prompts,
-            self.args.rollout_max_new_tokens or min(2 * longest, 2 * budget),
-            bkspc_token_id=self.bkspc_id,
-            eos_token_id=self._eos,
-            pad_token_id=self._pad,
-            temperature=self.args.rollout_temperature,
-            generator=generator,
-        )
+        with engines.sampling_weights(model, self.accelerator):
+            samples = sample_with_backspace(
+                self.accelerator.unwrap_model(model),
+                prompts,
+                self.args.rollout_max_new_tokens or min(2 * longest, 2 * budget),
+                bkspc_token_id=self.bkspc_id,
+                eos_token_id=self._eos,
+                pad_token_id=self._pad,
+                temperature=self.args.rollout_temperature,
+                generator=generator,
+                sync_ranks=engines.decodes_in_lockstep(self.accelerator),
+            )
         self.buffer = (self.buffer + samples.trajectories())[-self.args.replay_buffer_size :]
         actions = [a for row in samples.actions for a in row]
         store = _compat.metrics_store(self, "train")

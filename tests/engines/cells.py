@@ -1,0 +1,79 @@
+"""The engine matrix's cells: each trainer, full and LoRA, with each reference source, on small fixed data.
+
+Shared by the worker (which trains every cell under one engine) and ``tests/test_engines.py`` (which compares the
+engines' results with DDP's). Settings are the defaults a user gets where the engines used to break: DDO samples
+fakes as long as the batch's longest completion, SequenceMatch rollouts take the default length.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from tests.conftest import cpu_args
+from tests.reliability import CASES, prm_rows, prompt_completion_rows
+from tests.tiny import CORPUS
+
+STEPS, SAVE_AT, BATCH = 4, 2, 2
+
+
+def LOGIT_INPUTS(tokenizer: Any) -> list[list[int]]:  # noqa: N802  (a constant-like function of the tokenizer)
+    """Two fixed rows the trained and the reloaded model are both run on."""
+    tok = getattr(tokenizer, "tokenizer", tokenizer)
+    return [tok(CORPUS[i])["input_ids"][:10] for i in (0, 1)]
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One trainer configuration: ``method`` names a ``tests.reliability`` case; ``reference`` is the implicit
+    reference source (``"model"``: an explicit ``ref_model`` loaded from the same folder)."""
+
+    method: str
+    lora: bool
+    reference: str = "default"
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    def args(self, output_dir: str) -> Any:
+        case = CASES[self.method]
+        training = cpu_args(
+            max_steps=STEPS,
+            per_device_train_batch_size=BATCH,
+            learning_rate=1e-3,
+            save_strategy="steps",
+            save_steps=SAVE_AT,
+            save_only_model=False,
+        )
+        return case.config_class(output_dir, **{**case.config, **self.settings}, **training)
+
+    def trainer(self, model_dir: str, args: Any, peft_config: Any) -> Any:
+        case = CASES[self.method]
+        data: Callable[[], Any] = prm_rows if self.method == "implicit_prm" else prompt_completion_rows
+        kwargs: dict[str, Any] = {"peft_config": peft_config}
+        if self.reference == "model":
+            kwargs["ref_model"] = model_dir
+        return case.trainer_class(model=model_dir, args=args, train_dataset=data(), **kwargs)
+
+    def with_settings(self, **settings: Any) -> Cell:
+        return dataclasses.replace(self, settings={**self.settings, **settings})
+
+
+_DDO = {"num_rounds": 2, "round_steps": 1, "max_new_tokens": None}  # round 2 from step 1: the checkpoint holds its ref
+_SM = {"rollout_max_new_tokens": None, "replay_refresh_steps": 2, "rollouts_per_refresh": 4}
+_PRE = {"precompute_ref_log_probs": True}
+
+CELLS: dict[str, Cell] = {
+    "mixce-full": Cell("mixce", lora=False),
+    "mixce-lora": Cell("mixce", lora=True),
+    "prm-adapter-lora": Cell("implicit_prm", lora=True),
+    "prm-copy-full": Cell("implicit_prm", lora=False),
+    "prm-model-full": Cell("implicit_prm", lora=False, reference="model"),
+    "prm-model-lora": Cell("implicit_prm", lora=True, reference="model"),
+    "prm-precomputed-full": Cell("implicit_prm", lora=False, settings=_PRE),
+    "prm-precomputed-lora": Cell("implicit_prm", lora=True, settings=_PRE),
+    "ddo-full": Cell("ddo", lora=False, settings=_DDO),
+    "ddo-lora": Cell("ddo", lora=True, settings=_DDO),
+    "sequencematch-full": Cell("sequencematch", lora=False, settings=_SM),
+    "sequencematch-lora": Cell("sequencematch", lora=True, settings=_SM),
+}
