@@ -25,6 +25,7 @@ torch.set_num_threads(1)
 # with slow tests. Under ``-n 2 --dist loadscope`` (the README's command) a module runs whole on one worker, in this
 # order, so the two workers finish close together; a serial run only changes order.
 LONGEST_FIRST = (
+    "test_engines",
     "test_sequencematch_efficacy",
     "test_notebooks",
     "test_ddo_efficacy",

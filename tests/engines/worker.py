@@ -37,11 +37,16 @@ def engine_facts(trainer) -> dict:
         "num_processes": trainer.accelerator.num_processes,
         "zero_stage": None,
         "dtensor_params": sum(isinstance(p, DTensor) for p in params),
-        "partitioned_params": sum(hasattr(p, "ds_id") and p.ds_tensor is not None for p in params),
+        "partitioned_params": sum(hasattr(p, "ds_id") for p in params),
         "params": len(params),
     }
     if trainer.is_deepspeed_enabled:
         facts["zero_stage"] = trainer.accelerator.state.deepspeed_plugin.zero_stage
+    reference = getattr(getattr(trainer, "reference", None), "ref_model", None)
+    if reference is not None:  # a frozen reference model: how it was placed
+        ref_params = list(reference.parameters())
+        facts["reference_params"] = len(ref_params)
+        facts["reference_sharded"] = sum(isinstance(p, DTensor) or hasattr(p, "ds_id") for p in ref_params)
     return facts
 
 
