@@ -303,23 +303,28 @@ class DDOTrainer(CheckpointedMethodState, CardMixin, LossOnlyEvaluation, SFTTrai
             i for i, k in enumerate(keys) if self.args.fake_pool == "online" or mode == "eval" or k not in self._pool
         ]
         out = {i: (prompts[i], self._pool[keys[i]]) for i in range(len(keys)) if i not in todo}
-        if todo:
+        lockstep = engines.decodes_in_lockstep(self.accelerator)
+        if todo or lockstep:
+            # Under FSDP every process decodes while any does: one whose fakes all come from the pool samples a
+            # throwaway row alongside the others, with a generator of its own (its seeded draws do not shift).
+            rows = todo or [0]
+            generator = self._generator(mode, ids.device) if todo else torch.Generator(ids.device).manual_seed(0)
             longest = int(scored.sum(1).max())
-            budget = (self.args.max_length or 10**9) - max(len(prompts[i]) for i in todo)
+            budget = (self.args.max_length or 10**9) - max(len(prompts[i]) for i in rows)
             if budget < 1:
                 raise ValueError(f"A prompt fills `max_length`={self.args.max_length}: no room for a fake completion.")
             start = time.perf_counter()
             samples = sample_completions(
                 ref,
-                [prompts[i] for i in todo],
+                [prompts[i] for i in rows],
                 min(self.args.max_new_tokens or longest, budget),
                 eos_token_id=self._eos,
                 pad_token_id=self._pad,
                 temperature=self.args.temperature,
                 top_k=self.args.top_k,
                 top_p=self.args.top_p,
-                generator=self._generator(mode, ids.device),
-                sync_ranks=engines.decodes_in_lockstep(self.accelerator),
+                generator=generator,
+                sync_ranks=lockstep,
             )
             if mode == "train":
                 self._times["sampling"] += time.perf_counter() - start
