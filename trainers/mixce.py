@@ -17,7 +17,8 @@ python trainers/mixce.py \
     --push_to_hub
 ```
 
-# LoRA (add --load_in_4bit for QLoRA), on two GPUs, from a YAML file of the same flags
+# LoRA (add --load_in_4bit for QLoRA), on two GPUs, from a YAML file of the same flags; for DeepSpeed ZeRO-2/3 or
+# FSDP2 add e.g. --config_file trainers/accelerate_configs/zero3.yaml (README, "engines")
 ```bash
 accelerate launch --num_processes 2 trainers/mixce.py \
     --config mixce.yaml \

@@ -9,6 +9,8 @@ python trainers/sequencematch.py \
     --output_dir Qwen2.5-0.5B-SequenceMatch
 
 accelerate launch --multi_gpu --num_processes 2 trainers/sequencematch.py --config sequencematch.yaml
+# DeepSpeed ZeRO-2/3 or FSDP2: a config from trainers/accelerate_configs (README, "engines")
+accelerate launch --config_file trainers/accelerate_configs/fsdp2.yaml trainers/sequencematch.py --config sm.yaml
 ```
 
 Data: what ``trl sft`` takes (``text``, ``messages``, ``prompt``+``completion``). The ``<bkspc>`` token is added to the

@@ -386,6 +386,7 @@ def sample_with_backspace(
     alive = _AliveStacks.start(ids, mask, floor, ids.size(1) + max_new_tokens)
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
     finished = torch.zeros(ids.size(0), dtype=torch.bool, device=device)
+    stopped = finished  # finished, or out of budget
     step_ids, actions, keep = ids, [], []
     cache = _new_cache(model)
     with _sampling_mode(model, device):
@@ -393,13 +394,14 @@ def sample_with_backspace(
             logits = _last_logits(model, step_ids, mask, positions, cache)
             logits = _forbid_backspace(logits, bkspc_token_id, alive.depth <= alive.floor)
             probs = _filter_logits(logits, temperature, top_k, top_p).softmax(-1)
-            action = torch.multinomial(probs, 1, generator=generator).squeeze(-1).masked_fill(finished, pad_token_id)
-            live = ~finished
+            action = torch.multinomial(probs, 1, generator=generator).squeeze(-1).masked_fill(stopped, pad_token_id)
+            live = ~stopped
             actions.append(action)
             keep.append(live)
             feed, top, mask = alive.step(action, live, mask, bkspc_token_id, pad_token_id)
-            finished = _stop(finished | torch.isin(action, eos), step >= max_new_tokens)
-            if _all_done(finished, sync_ranks):
+            finished = finished | (live & torch.isin(action, eos))  # stopped at EOS (not out of budget)
+            stopped = _stop(finished, step >= max_new_tokens)
+            if _all_done(stopped, sync_ranks):
                 break
             step_ids, positions = feed[:, None], top[:, None]
     taken = [

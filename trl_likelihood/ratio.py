@@ -164,7 +164,9 @@ def build_reference(trainer: Any, ref_model: Any) -> Reference:
     )
     trainer._reference_name = public_model_name(name)
     if isinstance(ref_model, str):
-        init_kwargs = {"dtype": trainer.model.dtype, **(trainer.args.model_init_kwargs or {})}  # the policy's dtype
+        init_kwargs = dict(trainer.args.model_init_kwargs or {})
+        if init_kwargs.get("dtype") is None:  # the policy's precision unless the user set one
+            init_kwargs["dtype"] = trainer.model.dtype
         ref_model = AutoModelForCausalLM.from_pretrained(ref_model, **init_kwargs)
     if ref_model is None and not _compat.is_peft(trainer.model):
         ref_model = frozen_copy(trainer.accelerator.unwrap_model(trainer.model))
