@@ -141,6 +141,19 @@ def sampling_weights(model: torch.nn.Module, accelerator: Any) -> Iterator[None]
         yield
 
 
+def initialize_fsdp(model: torch.nn.Module) -> None:
+    """Run FSDP2's lazy initialisation now, if ``model`` is an FSDP2 root that has not run a forward yet.
+
+    FSDP2 fixes the dtype it reduces gradients in from the parameters that require grad at the first forward. PEFT's
+    ``disable_adapter`` turns ``requires_grad`` off on the adapter, so a first forward with the adapter disabled (DDO's
+    round-1 fakes) would leave bf16 gradients of fp32 parameters unconverted (torch 2.13; private ``_lazy_init``).
+    """
+    from torch.distributed.fsdp import FSDPModule
+
+    if isinstance(model, FSDPModule):
+        model._get_fsdp_state()._lazy_init()
+
+
 def all_ranks(flag: bool, device: torch.device) -> bool:
     """True when ``flag`` is true on every process (a collective when a process group is up)."""
     if not (dist.is_available() and dist.is_initialized()):

@@ -65,6 +65,7 @@ def unwrap_ddp(model: torch.nn.Module) -> torch.nn.Module:
 def adapter_disabled(model: torch.nn.Module):
     """Run the PEFT ``model`` as its base model (the implicit reference), then restore the adapter."""
     unwrapped = unwrap_ddp(model)
+    engines.initialize_fsdp(unwrapped)  # before PEFT flips the adapter's requires_grad off
     with unwrapped.disable_adapter():
         yield unwrapped
 

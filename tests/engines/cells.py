@@ -34,16 +34,20 @@ class Cell:
     lora: bool
     reference: str = "default"
     settings: dict[str, Any] = field(default_factory=dict)
+    training: dict[str, Any] = field(default_factory=dict)
 
     def args(self, output_dir: str) -> Any:
         case = CASES[self.method]
         training = cpu_args(
-            max_steps=STEPS,
-            per_device_train_batch_size=BATCH,
-            learning_rate=1e-3,
-            save_strategy="steps",
-            save_steps=SAVE_AT,
-            save_only_model=False,
+            **{
+                "max_steps": STEPS,
+                "per_device_train_batch_size": BATCH,
+                "learning_rate": 1e-3,
+                "save_strategy": "steps",
+                "save_steps": SAVE_AT,
+                "save_only_model": False,
+                **self.training,
+            }
         )
         return case.config_class(output_dir, **{**case.config, **self.settings}, **training)
 
@@ -76,4 +80,13 @@ CELLS: dict[str, Cell] = {
     "ddo-lora": Cell("ddo", lora=True, settings=_DDO),
     "sequencematch-full": Cell("sequencematch", lora=False, settings=_SM),
     "sequencematch-lora": Cell("sequencematch", lora=True, settings=_SM),
+}
+
+# bf16 at theta = theta_ref (learning rate 0): the reference must run in the policy's precision under each engine's
+# own mixed precision (autocast, DeepSpeed's bf16 weights, FSDP2's param dtype). One launch of their own per engine:
+# accelerate's mixed precision is set once per process.
+_BF16 = {"bf16": True, "learning_rate": 0.0}
+BF16_CELLS: dict[str, Cell] = {
+    "bf16-prm-copy-full": Cell("implicit_prm", lora=False, training=_BF16),  # a separate frozen reference model
+    "bf16-ddo-lora": Cell("ddo", lora=True, settings=_DDO, training=_BF16),  # adapter off, sampled first, 2 rounds
 }

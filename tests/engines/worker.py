@@ -20,7 +20,7 @@ sys.path.insert(0, REPO)
 import torch  # noqa: E402
 from peft import LoraConfig  # noqa: E402
 
-from tests.engines.cells import CELLS, LOGIT_INPUTS, SAVE_AT  # noqa: E402
+from tests.engines.cells import BF16_CELLS, CELLS, LOGIT_INPUTS, SAVE_AT  # noqa: E402
 from tests.engines.fsdp_cpu import enable_fsdp_on_cpu  # noqa: E402
 
 torch.set_num_threads(1)
@@ -66,7 +66,7 @@ def trained_logits(trainer, cell) -> torch.Tensor:
 
 
 def run_cell(name: str, engine: str, model_dir: str, out: str) -> None:
-    cell = CELLS[name]
+    cell = {**CELLS, **BF16_CELLS}[name]
     folder = os.path.join(out, name)
     peft = LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules="all-linear") if cell.lora else None
 
