@@ -187,7 +187,7 @@ def test_engine_bf16_reference_in_policy_precision(runs, engine, cell):
     result = _result(runs, engine, cell)
     _check_engine(result["facts"], engine)
     tol = BF16_TOL.get((engine, cell), 1e-6)
-    identity = math.log(2) * (1 if CELLS.get(cell, BF16_CELLS[cell]).method == "implicit_prm" else 2)
+    identity = math.log(2) * (1 if BF16_CELLS[cell].method == "implicit_prm" else 2)
     assert [h["step"] for h in result["logs"]] == [1, 2, 3, 4]
     for h in result["logs"]:
         assert h["loss"] == pytest.approx(identity, abs=tol), h
