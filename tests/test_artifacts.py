@@ -23,6 +23,8 @@ from tests.test_push import FAKE_TOKEN, REPO_ID, fake_hub  # noqa: F401  (the fi
 from trl_likelihood.cli import METHODS, make_parser, model_init_kwargs
 
 ENV_SECRETS = {"HF_TOKEN": "hf_FakeEnvTokenDoNotUse987654321", "MY_SERVICE_API_KEY": "sk-FakeEnvSecretDoNotUse42"}
+# A token given the natural way to load a gated model (or a `ref_model` by id): in the model's init keywords.
+INIT_TOKEN = "hf_FakeInitKwargsTokenDoNotUse55555"
 RESUME_STATE = {"optimizer.pt", "scheduler.pt", "rng_state.pth", "training_args.bin"}
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
 LORA = dict(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM")
@@ -33,7 +35,7 @@ def _files(folder: Path) -> dict[str, bytes]:
 
 
 def _assert_clean(files: dict[str, bytes], *paths: str) -> None:
-    forbidden = [FAKE_TOKEN, *ENV_SECRETS.values(), *paths, os.path.expanduser("~") + "/"]
+    forbidden = [FAKE_TOKEN, INIT_TOKEN, *ENV_SECRETS.values(), *paths, os.path.expanduser("~") + "/"]
     for name, data in files.items():
         for needle in forbidden:
             assert needle.encode() not in data, f"{needle!r} in {name}"
@@ -65,6 +67,7 @@ def test_saved_and_pushed_files_are_safe(name, peft, fake_hub, tiny_model_dir, t
         hub_model_id=REPO_ID,
         hub_token=FAKE_TOKEN,
         hub_strategy="checkpoint",
+        model_init_kwargs={"token": INIT_TOKEN},
     )
     trainer = case.trainer(tiny_model_dir, args, peft_config=LoraConfig(**LORA) if peft else None)
     trainer.train()
@@ -78,10 +81,13 @@ def test_saved_and_pushed_files_are_safe(name, peft, fake_hub, tiny_model_dir, t
     assert len(fake_hub.uploads) >= 3  # both checkpoints and the final push
     for upload in fake_hub.uploads:
         _assert_clean(upload["files"], str(tmp_path), tiny_model_dir)
-    for needle in (FAKE_TOKEN, *ENV_SECRETS.values()):
+    for needle in (FAKE_TOKEN, INIT_TOKEN, *ENV_SECRETS.values()):
         assert needle not in captured.out + captured.err  # nor in the printed logs
     published = torch.load(out / "training_args.bin", weights_only=False)
     assert published.trust_remote_code is False and published.hub_token is None
+    assert args.model_init_kwargs in (None, {"token": INIT_TOKEN})  # the live arguments keep it (SequenceMatch
+    # loads the model itself and clears them)
+    assert (published.model_init_kwargs or {}).get("token") is None
     if not peft:
         assert "auto_map" not in json.loads(files["config.json"])  # no remote code is referenced by the model
 
@@ -105,3 +111,29 @@ def test_cli_loads_models_without_remote_code_unless_asked(method, tiny_model_di
     for extra, expected in (([], False), (["--trust_remote_code"], True)):
         _, training_args, model_args, _ = make_parser(method).parse_args_and_config(base + extra)
         assert model_init_kwargs(training_args, model_args)["trust_remote_code"] is expected
+
+
+def test_public_training_args_scrub_credentials_at_any_depth():
+    """Credentials by name in nested dicts and lists, and token-shaped strings under any name, are blanked; token
+    settings that are not credentials (SFT's ``eos_token``) and everything else stay."""
+    from trl_likelihood import MixCEConfig
+    from trl_likelihood.trainers.base import public_training_args
+
+    args = MixCEConfig(
+        "/home/someone/run",
+        hub_token=FAKE_TOKEN,
+        eos_token="<|im_end|>",
+        model_init_kwargs={
+            "token": INIT_TOKEN,
+            "dtype": "bfloat16",
+            "quantization": {"api_key": "sk-nested", "servers": [{"password": "p4ss"}, "hf_" + "A" * 30]},
+        },
+        report_to="none",
+        use_cpu=True,
+    )
+    public = public_training_args(args)
+    kwargs = public.model_init_kwargs
+    assert public.hub_token is None and kwargs["token"] is None and kwargs["dtype"] == "bfloat16"
+    assert kwargs["quantization"] == {"api_key": None, "servers": [{"password": None}, None]}
+    assert public.eos_token == "<|im_end|>" and public.output_dir == "run"
+    assert args.model_init_kwargs["token"] == INIT_TOKEN and args.hub_token == FAKE_TOKEN  # the live object unchanged

@@ -12,6 +12,7 @@ import contextlib
 import functools
 import json
 import os
+import re
 from collections.abc import Hashable, Iterator
 from typing import Any
 
@@ -21,18 +22,32 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoin
 
 from ..cards import CardInfo, is_local_path, public_model_name, render_card
 
-# Training arguments that must never be written to disk: ``torch.save(args)`` would publish them with the model.
-SECRET_ARGS = ("hub_token",)
+# Names of settings that carry credentials, at any depth of the training arguments (``hub_token``, a ``token`` in
+# ``model_init_kwargs`` to load a gated model, an ``api_key``...): ``torch.save(args)`` would publish them with the
+# model. Token-valued names such as SFT's ``eos_token``/``pad_token`` are not credentials and stay.
+SECRET_NAME = re.compile(r"^(hub_|hf_|access_|auth_|use_auth_)?token$|api_?key|secret|password|credential", re.I)
+HF_TOKEN_VALUE = re.compile(r"^hf_[A-Za-z0-9]{20,}$")  # a Hugging Face token under any name
+
+
+def public_value(value: Any) -> Any:
+    """``value`` fit to publish: credentials (by name, in nested dicts and lists, or a token-shaped string) set to
+    ``None``, absolute paths cut to their last component."""
+    if isinstance(value, dict):
+        return {k: None if isinstance(k, str) and SECRET_NAME.search(k) else public_value(v) for k, v in value.items()}
+    if type(value) in (list, tuple):
+        return type(value)(public_value(v) for v in value)
+    if isinstance(value, str):
+        if HF_TOKEN_VALUE.match(value):
+            return None
+        if os.path.isabs(value) or value.startswith("~"):
+            return public_model_name(value)
+    return value
 
 
 def public_training_args(args: Any) -> Any:
-    """A copy of ``args`` fit to publish: secrets set to ``None``, absolute paths cut to their last component."""
-    state = dict(vars(args))
-    for key, value in state.items():
-        if key in SECRET_ARGS:
-            state[key] = None
-        elif isinstance(value, str) and (os.path.isabs(value) or value.startswith("~")):
-            state[key] = public_model_name(value)
+    """A copy of ``args`` fit to publish: every credential field (``hub_token``, tokens inside ``model_init_kwargs``
+    and any nested dict) set to ``None``, absolute paths cut to their last component."""
+    state = public_value(dict(vars(args)))
     cls = type(args)
     public = object.__new__(getattr(cls, "_public_class", cls))
     public.__dict__.update(state)
