@@ -3,10 +3,12 @@ swaps SFT's loss; and the micro-batch index that seeds per-micro-batch randomnes
 
 from __future__ import annotations
 
+import math
+
 import pytest
 
 from tests.conftest import cpu_args
-from trl_likelihood import DDOConfig, MixCEConfig, SequenceMatchConfig
+from trl_likelihood import DDOConfig, ImplicitPRMConfig, MixCEConfig, SequenceMatchConfig
 from trl_likelihood.trainers.base import MicroBatchIndex
 
 WHOLE_SEQUENCES = {DDOConfig: "DDO scores whole sequences", SequenceMatchConfig: "SequenceMatch builds its own states"}
@@ -33,3 +35,21 @@ def test_micro_batch_index_counts_calls_with_the_same_key():
     index = MicroBatchIndex()
     keys = [("train", 0), ("train", 0), ("train", 0), ("eval", 0), ("train", 1), ("train", 1), ("train", 0)]
     assert [index(key) for key in keys] == [0, 1, 2, 0, 0, 1, 0]
+
+
+NUMBERS = {  # every float field checked by value, per config
+    MixCEConfig: ("eta",),
+    ImplicitPRMConfig: ("beta",),
+    DDOConfig: ("alpha", "beta", "temperature", "top_p"),
+    SequenceMatchConfig: ("noise_prob", "gamma", "chi2_coef", "sm_weight", "rollout_temperature"),
+}
+
+
+@pytest.mark.parametrize("value", [math.inf, -math.inf, math.nan])
+@pytest.mark.parametrize(
+    ("config_class", "field"), [(c, f) for c, fields in NUMBERS.items() for f in fields], ids=lambda x: str(x)
+)
+def test_non_finite_numbers_are_refused(config_class, field, value, tmp_path):
+    """An inf or nan (e.g. `--beta inf` from a YAML) would train NaN or nothing: refused with the field named."""
+    with pytest.raises(ValueError, match=rf"`{field}` must be .*, got {value!r}"):
+        config_class(str(tmp_path), **{field: value}, **cpu_args())

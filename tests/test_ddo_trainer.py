@@ -315,3 +315,25 @@ def test_ddo_copied_reference_samples_its_own_weights(tiny_model_dir, prompt_com
         ours = sample_completions(ref, [[0]] * 4, **kw).input_ids
     assert torch.equal(ours, sample_completions(fresh, [[0]] * 4, **kw).input_ids)
     assert not torch.equal(ours, sample_completions(trainer.model, [[0]] * 4, **kw).input_ids)
+
+
+@pytest.mark.parametrize(("num_rounds", "round_steps", "runs"), [(5, None, 3), (3, 2, 2), (3, None, 3)])
+def test_rounds_that_do_not_fit_the_steps_are_named(
+    tiny_model_dir, prompt_completion_dataset, tmp_path, caplog, num_rounds, round_steps, runs
+):
+    """3 steps hold at most 3 rounds (of one step each), and 2 rounds of 2 steps: later rounds would never start."""
+    trainer = DDOTrainer(
+        model=tiny_model_dir,
+        args=_args(tmp_path, "fit", num_rounds=num_rounds, round_steps=round_steps, max_steps=3),
+        train_dataset=prompt_completion_dataset,
+        peft_config=LoraConfig(**LORA),
+    )
+    with caplog.at_level("WARNING"):
+        trainer.train()
+    messages = [r.getMessage() for r in caplog.records if "`num_rounds`" in r.getMessage()]
+    if runs == num_rounds:
+        assert messages == []
+    else:
+        assert len(messages) == 1 and f"`num_rounds`={num_rounds} but 3 training steps" in messages[0]
+        assert f"run only {runs} round(s)" in messages[0]
+    assert trainer._round + 1 == runs

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
+import math
 import os
 import re
 from collections.abc import Hashable, Iterator
@@ -293,8 +294,8 @@ def check_config_fields(
     """
     for name, ok, expected in numbers:
         value = getattr(config, name)
-        if isinstance(value, bool) or not isinstance(value, int | float) or not ok(value):
-            raise ValueError(f"`{name}` must be {expected}, got {value!r}.")
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or not ok(value):
+            raise ValueError(f"`{name}` must be {expected}, got {value!r}.")  # inf and nan too
     for name, low in integers:
         value = getattr(config, name)
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < low):

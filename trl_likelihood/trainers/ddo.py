@@ -192,6 +192,7 @@ class DDOTrainer(CheckpointedMethodState, CardMixin, LossOnlyEvaluation, SFTTrai
                 "weights cannot be loaded into the reference. Leave `ref_model=None` (the reference is the base)."
             )
         self._round = 0
+        self._rounds_checked = False
         self._ref_snapshot: dict[str, torch.Tensor] | None = None  # PEFT, rounds >= 2: the reference's weights
         self._pool: dict[tuple[int, ...], list[int]] = {}
         self._micro_index = MicroBatchIndex()
@@ -211,6 +212,20 @@ class DDOTrainer(CheckpointedMethodState, CardMixin, LossOnlyEvaluation, SFTTrai
 
     def _round_at(self, step: int) -> int:
         return min(step // self.round_length(), self.args.num_rounds - 1)
+
+    def _warn_if_rounds_do_not_fit(self) -> None:
+        """Say so when the steps cannot hold every round asked for (``num_rounds`` above ``max_steps``, or a
+        ``round_steps`` too long): the later rounds would never start, silently."""
+        runs = self._round_at(self.state.max_steps - 1) + 1
+        if runs < self.args.num_rounds:
+            logger.warning(
+                "`num_rounds`=%d but %d training steps of %d per round run only %d round(s). Raise `max_steps` (or "
+                "`num_train_epochs`), lower `round_steps`, or lower `num_rounds`.",
+                self.args.num_rounds,
+                self.state.max_steps,
+                self.round_length(),
+                runs,
+            )
 
     # ------------------------------------------------------------------ checkpoints
     def load_method_state(self, folder: str) -> None:
@@ -244,6 +259,9 @@ class DDOTrainer(CheckpointedMethodState, CardMixin, LossOnlyEvaluation, SFTTrai
             torch.save(pool, os.path.join(folder, POOL_STATE.format(rank=self.accelerator.process_index)))
 
     def training_step(self, model, inputs, num_items_in_batch=None):
+        if not self._rounds_checked:
+            self._warn_if_rounds_do_not_fit()
+            self._rounds_checked = True
         target = self._round_at(self.state.global_step)
         if target != self._round:
             if self.state.global_step != target * self.round_length():
