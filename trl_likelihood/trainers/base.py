@@ -18,7 +18,6 @@ from collections.abc import Hashable, Iterator
 from typing import Any
 
 import torch
-from transformers import TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
 
 from ..cards import CardInfo, is_local_path, public_model_name, render_card
@@ -241,16 +240,28 @@ def resolve_args(trainer_name: str, model: Any, args: Any, config_class: type, k
 
 class CheckpointedMethodState:
     """Method state that ``Trainer``'s checkpoints do not hold (DDO's round reference and pool of fakes,
-    SequenceMatch's replay buffer): ``SaveMethodState`` writes it into every checkpoint and ``train`` reads it back on
-    a resume, before ``Trainer`` restores the rest, so that a resumed run goes on as an uninterrupted one would."""
+    SequenceMatch's replay buffer).
+
+    It is written inside the checkpoint save, right after the model and before ``trainer_state.json`` (what makes a
+    checkpoint look complete), the push of ``last-checkpoint`` and the rotation of old checkpoints; every file is
+    written at every save, so a folder reused by another run never keeps a stale one. ``train`` reads it back on a
+    resume, before ``Trainer`` restores the rest, so that a resumed run goes on as an uninterrupted one would; a file
+    missing from the checkpoint is a warning that names what starts over.
+    """
 
     def save_method_state(self, folder: str) -> None:
         """Write the state into the checkpoint ``folder`` (every process calls it)."""
         raise NotImplementedError
 
     def load_method_state(self, folder: str) -> None:
-        """Read the state back from the checkpoint ``folder``; files absent there mean the state's start."""
+        """Read the state back from the checkpoint ``folder``; warn, naming what is reset, where a file is missing."""
         raise NotImplementedError
+
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        super().save_model(output_dir, _internal_call)
+        if _internal_call and output_dir and os.path.basename(output_dir).startswith(f"{PREFIX_CHECKPOINT_DIR}-"):
+            os.makedirs(output_dir, exist_ok=True)
+            self.save_method_state(output_dir)
 
     def train(self, resume_from_checkpoint: str | bool | None = None, *args: Any, **kwargs: Any):
         folder = (
@@ -259,16 +270,6 @@ class CheckpointedMethodState:
         if folder:
             self.load_method_state(folder)
         return super().train(resume_from_checkpoint, *args, **kwargs)
-
-
-class SaveMethodState(TrainerCallback):
-    """Calls ``save_method_state`` of a ``CheckpointedMethodState`` trainer on every checkpoint it writes."""
-
-    def __init__(self, trainer: CheckpointedMethodState):
-        self.trainer = trainer
-
-    def on_save(self, args, state, control, **kwargs):
-        self.trainer.save_method_state(os.path.join(args.output_dir, f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"))
 
 
 class LossOnlyEvaluation:

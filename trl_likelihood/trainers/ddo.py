@@ -55,7 +55,6 @@ from .base import (
     CheckpointedMethodState,
     LossOnlyEvaluation,
     MicroBatchIndex,
-    SaveMethodState,
     check_config_fields,
     check_sft_loss_fields,
     resolve_args,
@@ -203,7 +202,6 @@ class DDOTrainer(CheckpointedMethodState, CardMixin, LossOnlyEvaluation, SFTTrai
         eos = getattr(getattr(self.model, "generation_config", None), "eos_token_id", None)
         self._eos = sorted({tok.eos_token_id, *([eos] if isinstance(eos, int) else eos or [])} - {None})
         self._pad = tok.pad_token_id if tok.pad_token_id is not None else self._eos[0]
-        self.add_callback(SaveMethodState(self))
 
     # ------------------------------------------------------------------ rounds
     def round_length(self) -> int:
@@ -231,32 +229,38 @@ class DDOTrainer(CheckpointedMethodState, CardMixin, LossOnlyEvaluation, SFTTrai
     def load_method_state(self, folder: str) -> None:
         """The round and its reference, and this process's pool of fakes, as ``save_method_state`` wrote them."""
         file = os.path.join(folder, ROUND_STATE)
-        if os.path.isfile(file):
+        if not os.path.isfile(file):
+            logger.warning(
+                "%s has no %s: the round and its reference start over (round 1, reference = the initial model).",
+                folder,
+                ROUND_STATE,
+            )
+        else:
             # Loaded on the CPU: a checkpoint written by CPU processes tags its tensors "cpu:0", which torch cannot map
             state = torch.load(file, map_location="cpu", weights_only=True)
-            if self.reference.kind == "model":  # full tensors, each process keeping its shard under ZeRO-3/FSDP2
+            if state["round"] > 0 and self.reference.kind == "model":  # full tensors; each process keeps its shard
                 engines.load_full_state(unwrap_ddp(self.reference.ref_model), state["reference"])
-            else:
+            elif state["round"] > 0:
                 self._ref_snapshot = {n: w.to(self.accelerator.device) for n, w in state["reference"].items()}
             self._round = state["round"]
         pool = os.path.join(folder, POOL_STATE.format(rank=self.accelerator.process_index))
         if os.path.isfile(pool):
             self._pool = {tuple(key): fake for key, fake in torch.load(pool, weights_only=True)}
+        elif self.args.fake_pool == "round":
+            logger.warning("%s has no %s: this round's pool of fakes starts empty.", folder, os.path.basename(pool))
 
     def save_method_state(self, folder: str) -> None:
-        """Write the round and its reference (round 1's is rebuilt from the inputs) into ``folder``, and each
-        process's pool of fakes, so that a resume continues the round with the same reference and the same fakes."""
-        if self._round > 0:
-            # Full tensors (gathered under ZeRO-3/FSDP2, so every process takes part), written by the main process.
-            ref = self._ref_snapshot
-            if self.reference.kind == "model":
-                ref = engines.full_state(unwrap_ddp(self.reference.ref_model))
-            if self.args.should_save:
-                torch.save({"round": self._round, "reference": ref}, os.path.join(folder, ROUND_STATE))
-        if self._pool:
-            os.makedirs(folder, exist_ok=True)
-            pool = [[list(key), fake] for key, fake in self._pool.items()]
-            torch.save(pool, os.path.join(folder, POOL_STATE.format(rank=self.accelerator.process_index)))
+        """Write the round and its reference (``None`` in round 1: it is rebuilt from the inputs) into ``folder``, and
+        each process's pool of fakes, so that a resume continues the round with the same reference and fakes. Both
+        are written at every save, empty or not, so no file of another run survives in a reused folder."""
+        # Full tensors (gathered under ZeRO-3/FSDP2, so every process takes part), written by the main process.
+        ref = self._ref_snapshot if self._round > 0 else None
+        if self._round > 0 and self.reference.kind == "model":
+            ref = engines.full_state(unwrap_ddp(self.reference.ref_model))
+        if self.args.should_save:
+            torch.save({"round": self._round, "reference": ref}, os.path.join(folder, ROUND_STATE))
+        pool = [[list(key), fake] for key, fake in self._pool.items()]
+        torch.save(pool, os.path.join(folder, POOL_STATE.format(rank=self.accelerator.process_index)))
 
     def training_step(self, model, inputs, num_items_in_batch=None):
         if not self._rounds_checked:

@@ -66,7 +66,6 @@ from .base import (
     CheckpointedMethodState,
     LossOnlyEvaluation,
     MicroBatchIndex,
-    SaveMethodState,
     check_config_fields,
     check_sft_loss_fields,
     resolve_args,
@@ -235,7 +234,6 @@ class SequenceMatchTrainer(CheckpointedMethodState, CardMixin, LossOnlyEvaluatio
         self.buffer: list[Trajectory] = []
         self._micro_index = MicroBatchIndex()
         self._refreshed: int | None = None  # the global step of the last refresh (a step refreshes once)
-        self.add_callback(SaveMethodState(self))
 
     # ------------------------------------------------------------------ randomness
     def _generator(
@@ -424,14 +422,20 @@ class SequenceMatchTrainer(CheckpointedMethodState, CardMixin, LossOnlyEvaluatio
     def load_method_state(self, folder: str) -> None:
         """This process's replay buffer, as ``save_method_state`` wrote it."""
         file = os.path.join(folder, BUFFER_STATE.format(rank=self.accelerator.process_index))
-        if os.path.isfile(file):
+        if not os.path.isfile(file):
+            logger.warning(
+                "%s has no %s: the replay buffer starts empty (it refills at the next refresh, every "
+                "`replay_refresh_steps`).",
+                folder,
+                os.path.basename(file),
+            )
+        else:
             state = torch.load(file, weights_only=True)
             self.buffer = [Trajectory(*t) for t in state["buffer"]]
             self._refreshed = state["refreshed"]
 
     def save_method_state(self, folder: str) -> None:
         """Write this process's replay buffer into ``folder`` (a checkpoint)."""
-        os.makedirs(folder, exist_ok=True)
         state = {"buffer": [[t.prompt, t.stream, t.is_action] for t in self.buffer], "refreshed": self._refreshed}
         torch.save(state, os.path.join(folder, BUFFER_STATE.format(rank=self.accelerator.process_index)))
 

@@ -1,0 +1,96 @@
+"""A checkpoint holds its method state (DDO's round, reference and pool; SequenceMatch's replay buffer) before it
+looks complete, a reused output folder never hands one run's state to another, and a checkpoint without its state
+says what starts over.
+
+Before: the state was written in ``on_save``, after ``trainer_state.json``, the ``last-checkpoint`` push and the
+rotation; a kill in that window left a checkpoint that looked complete without it (SequenceMatch then resumed with an
+empty buffer, silently), a pushed checkpoint never held it, and DDO wrote no round file in round 1, so a second run
+into the same folder resumed with the first run's round and reference.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+from transformers.trainer_callback import TrainerState
+
+from tests.reliability import CASES
+from tests.test_push import FAKE_TOKEN, REPO_ID, fake_hub  # noqa: F401  (the fixture)
+
+STATEFUL = ("ddo", "sequencematch")
+
+
+@pytest.mark.parametrize("name", STATEFUL)
+def test_method_state_is_in_the_checkpoint_before_it_looks_complete_and_is_pushed(
+    name,
+    tiny_model_dir,
+    tmp_path,
+    monkeypatch,
+    fake_hub,  # noqa: F811
+):
+    case = CASES[name]
+    seen = []
+    original = TrainerState.save_to_json
+
+    def spy(self, json_path):
+        folder = os.path.dirname(json_path)
+        if os.path.basename(folder).startswith("checkpoint-"):
+            seen.append({f: os.path.isfile(os.path.join(folder, f)) for f in case.state_files})
+        return original(self, json_path)
+
+    monkeypatch.setattr(TrainerState, "save_to_json", spy)
+    args = case.args(
+        tmp_path / "run",
+        max_steps=2,
+        save_strategy="steps",
+        save_steps=1,
+        push_to_hub=True,
+        hub_model_id=REPO_ID,
+        hub_token=FAKE_TOKEN,
+        hub_strategy="checkpoint",
+    )
+    case.trainer(tiny_model_dir, args).train()
+    assert seen == [dict.fromkeys(case.state_files, True)] * 2  # both checkpoints, state first
+    pushed = [u["files"] for u in fake_hub.uploads if u.get("path_in_repo") == "last-checkpoint"]
+    assert len(pushed) == 2 and all(set(case.state_files) <= files.keys() for files in pushed)
+
+
+def test_ddo_second_run_in_a_reused_folder_never_loads_the_first_runs_round(tiny_model_dir, tmp_path, caplog):
+    case, out = CASES["ddo"], tmp_path / "run"
+    checkpoint = out / "checkpoint-2"
+    first = case.args(out, max_steps=2, save_strategy="steps", save_steps=2, num_rounds=2, round_steps=1)
+    case.trainer(tiny_model_dir, first).train()
+    assert torch.load(checkpoint / "ddo_round.pt", weights_only=True)["round"] == 1  # round 2 of the first run
+
+    second = case.args(out, max_steps=2, save_strategy="steps", save_steps=2)  # one round
+    case.trainer(tiny_model_dir, second).train()
+    assert torch.load(checkpoint / "ddo_round.pt", weights_only=True) == {"round": 0, "reference": None}
+
+    resumed = case.trainer(tiny_model_dir, case.args(out, max_steps=3, save_strategy="no"))
+    with caplog.at_level("WARNING"):
+        resumed.train(resume_from_checkpoint=str(checkpoint))
+    assert resumed._round == 0 and resumed._ref_snapshot is None
+    assert not [r for r in caplog.records if "No saved state" in r.getMessage()]
+
+
+@pytest.mark.parametrize("name", STATEFUL)
+def test_resume_from_a_checkpoint_without_its_method_state_names_what_starts_over(
+    name, tiny_model_dir, tmp_path, caplog
+):
+    case, out = CASES[name], tmp_path / "run"
+    extra = {"num_rounds": 2, "round_steps": 1} if name == "ddo" else {}
+    case.trainer(tiny_model_dir, case.args(out, max_steps=2, save_strategy="steps", save_steps=2, **extra)).train()
+    for file in case.state_files:
+        os.remove(out / "checkpoint-2" / file)
+    resumed = case.trainer(tiny_model_dir, case.args(out, max_steps=3, save_strategy="no", **extra))
+    with caplog.at_level("WARNING"):
+        resumed.train(resume_from_checkpoint=str(out / "checkpoint-2"))
+    messages = " ".join(r.getMessage() for r in caplog.records)
+    expected = (
+        "ddo_round.pt: the round and its reference start over"
+        if name == "ddo"
+        else ("sequencematch_buffer_rank0.pt: the replay buffer starts empty")
+    )
+    assert expected in messages
