@@ -94,3 +94,59 @@ def test_resume_from_a_checkpoint_without_its_method_state_names_what_starts_ove
         else ("sequencematch_buffer_rank0.pt: the replay buffer starts empty")
     )
     assert expected in messages
+
+
+@pytest.mark.parametrize("damage", ["no_state", "truncated_state", "no_weights"])
+@pytest.mark.parametrize("name", list(CASES))
+def test_resume_true_skips_a_partial_newest_checkpoint(name, damage, tiny_model_dir, tmp_path, caplog):
+    """A save killed (or out of disk) part-way leaves the newest checkpoint partial: ``resume_from_checkpoint=True``
+    falls back to the newest complete one and names the folder it skipped (before: a crash)."""
+    case, out = CASES[name], tmp_path / "run"
+    case.trainer(tiny_model_dir, case.args(out, max_steps=3, save_strategy="steps", save_steps=1)).train()
+    newest = out / "checkpoint-3"
+    if damage == "no_state":
+        os.remove(newest / "trainer_state.json")
+    elif damage == "truncated_state":
+        text = (newest / "trainer_state.json").read_text()
+        (newest / "trainer_state.json").write_text(text[: len(text) // 2])
+    else:
+        for weights in newest.glob("*.safetensors"):
+            os.remove(weights)
+    resumed = case.trainer(tiny_model_dir, case.args(out, max_steps=4, save_strategy="no"))
+    with caplog.at_level("WARNING"):
+        resumed.train(resume_from_checkpoint=True)
+    skipped = [r.getMessage() for r in caplog.records if "Skipping the incomplete checkpoint" in r.getMessage()]
+    assert len(skipped) == 1 and str(newest) in skipped[0]
+    steps = [h["step"] for h in resumed.state.log_history if "loss" in h]
+    assert steps == [1, 2, 3, 4]  # steps 1-2 from checkpoint-2's history, then 3 and 4 trained again
+
+
+def test_a_checkpoint_save_out_of_disk_says_the_disk_is_full(tiny_model_dir, tmp_path, monkeypatch):
+    import shutil
+
+    import transformers.trainer
+
+    case = CASES["mixce"]
+    trainer = case.trainer(
+        tiny_model_dir, case.args(tmp_path / "run", max_steps=2, save_strategy="steps", save_steps=2)
+    )
+    real_save = torch.save
+
+    def failing_save(obj, path, *args, **kwargs):
+        if str(path).endswith("optimizer.pt"):
+            raise RuntimeError("basic_ios::clear: iostream error")  # what torch says when the disk fills
+        return real_save(obj, path, *args, **kwargs)
+
+    monkeypatch.setattr(transformers.trainer.torch, "save", failing_save)
+    usage = shutil.disk_usage(tmp_path)
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage._replace(free=0))
+    with pytest.raises(OSError, match="The disk is full: writing the checkpoint .*checkpoint-2 failed") as error:
+        trainer.train()
+    assert "basic_ios::clear" in str(error.value) and isinstance(error.value.__cause__, RuntimeError)
+
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage._replace(free=10**12))  # the same error, disk free:
+    other = case.trainer(
+        tiny_model_dir, case.args(tmp_path / "run2", max_steps=2, save_strategy="steps", save_steps=2)
+    )
+    with pytest.raises(RuntimeError, match="^basic_ios::clear: iostream error$"):  # not called a full disk
+        other.train()

@@ -9,18 +9,23 @@ transformers pickles the whole ``TrainingArguments`` (``hub_token`` and ``output
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
 import json
 import math
 import os
 import re
+import shutil
 from collections.abc import Hashable, Iterator
 from typing import Any
 
 import torch
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
+from accelerate.logging import get_logger
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from ..cards import CardInfo, is_local_path, public_model_name, render_card
+
+logger = get_logger(__name__)
 
 # Names of settings that carry credentials, at any depth of the training arguments (``hub_token``, a ``token`` in
 # ``model_init_kwargs`` to load a gated model, an ``api_key``...): ``torch.save(args)`` would publish them with the
@@ -145,7 +150,86 @@ class NonEmptyPreparedData:
                 )
 
 
-class CardMixin(NonEmptyPreparedData, FiniteLossGuard):
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "adapter_model.safetensors", "pytorch_model.bin")
+
+
+def checkpoint_problem(folder: str) -> str | None:
+    """Why ``folder`` is not a complete checkpoint (a save killed or out of disk part-way), or ``None``."""
+    state = os.path.join(folder, "trainer_state.json")
+    if not os.path.isfile(state):
+        return "no trainer_state.json (its save did not finish)"
+    try:
+        with open(state, encoding="utf-8") as f:
+            json.load(f)
+    except (OSError, ValueError) as error:
+        return f"trainer_state.json unreadable ({type(error).__name__})"
+    if not any(os.path.isfile(os.path.join(folder, name)) for name in WEIGHT_FILES):
+        return "no model weights"
+    return None
+
+
+def last_complete_checkpoint(output_dir: str) -> str | None:
+    """The newest complete ``checkpoint-N`` of ``output_dir``; each newer partial one is skipped with a warning that
+    names it and why (``resume_from_checkpoint=True`` would otherwise crash on it)."""
+    if not os.path.isdir(output_dir):
+        return None
+    steps = sorted(
+        (int(name.split("-")[1]), name)
+        for name in os.listdir(output_dir)
+        if re.fullmatch(rf"{PREFIX_CHECKPOINT_DIR}-\d+", name) and os.path.isdir(os.path.join(output_dir, name))
+    )
+    for _, name in reversed(steps):
+        folder = os.path.join(output_dir, name)
+        problem = checkpoint_problem(folder)
+        if problem is None:
+            return folder
+        logger.warning("Skipping the incomplete checkpoint %s: %s. Resuming from an older one.", folder, problem)
+    return None
+
+
+def disk_full_error(folder: str, error: BaseException) -> OSError | None:
+    """A clear error for a checkpoint save that failed because the disk is full (torch reports it as a bare
+    ``basic_ios::clear: iostream error`` or ``file write failed``), else ``None``."""
+    no_space = isinstance(error, OSError) and error.errno == errno.ENOSPC
+    try:
+        no_space = no_space or shutil.disk_usage(os.path.dirname(folder) or ".").free < 1 << 20
+    except OSError:
+        pass
+    if not no_space:
+        return None
+    return OSError(
+        errno.ENOSPC,
+        f"The disk is full: writing the checkpoint {folder} failed ({type(error).__name__}: {error}). That folder is "
+        "incomplete; older checkpoints are intact and `resume_from_checkpoint=True` skips it. Free space or set "
+        "`save_total_limit`, then resume.",
+    )
+
+
+class CompleteCheckpoints:
+    """``resume_from_checkpoint=True`` resumes from the newest *complete* checkpoint, and a checkpoint save that runs
+    out of disk says so."""
+
+    def train(self, resume_from_checkpoint: str | bool | None = None, *args: Any, **kwargs: Any):
+        if resume_from_checkpoint is True:
+            resume_from_checkpoint = last_complete_checkpoint(self.args.output_dir)
+            if resume_from_checkpoint is None:
+                raise ValueError(f"No complete checkpoint to resume from in {self.args.output_dir}.")
+        return super().train(resume_from_checkpoint, *args, **kwargs)
+
+    def _save_checkpoint(self, model: Any, trial: Any) -> None:
+        try:
+            super()._save_checkpoint(model, trial)
+        except (OSError, RuntimeError) as error:
+            folder = os.path.join(
+                self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+            )
+            full = disk_full_error(folder, error)
+            if full is None:
+                raise
+            raise full from error
+
+
+class CardMixin(CompleteCheckpoints, NonEmptyPreparedData, FiniteLossGuard):
     """Mix in before a TRL trainer; it brings ``NonEmptyPreparedData`` and ``FiniteLossGuard`` along. Subclasses set
     ``_card_template`` and return their ``card_hyperparameters``.
 
@@ -265,11 +349,13 @@ class CheckpointedMethodState:
 
     def train(self, resume_from_checkpoint: str | bool | None = None, *args: Any, **kwargs: Any):
         folder = (
-            get_last_checkpoint(self.args.output_dir) if resume_from_checkpoint is True else resume_from_checkpoint
+            last_complete_checkpoint(self.args.output_dir)
+            if resume_from_checkpoint is True
+            else resume_from_checkpoint
         )
         if folder:
             self.load_method_state(folder)
-        return super().train(resume_from_checkpoint, *args, **kwargs)
+        return super().train(folder or resume_from_checkpoint, *args, **kwargs)
 
 
 class LossOnlyEvaluation:
