@@ -150,3 +150,31 @@ def test_a_checkpoint_save_out_of_disk_says_the_disk_is_full(tiny_model_dir, tmp
     )
     with pytest.raises(RuntimeError, match="^basic_ios::clear: iostream error$"):  # not called a full disk
         other.train()
+
+
+METRIC = {"mixce": "mixce/forward_nll", "implicit_prm": "prm/reward_correct", "ddo": "ddo/real_length"}
+
+
+@pytest.mark.parametrize("name", [*METRIC, "sequencematch"])
+def test_predict_then_evaluate_reports_only_the_evaluated_data(name, tiny_model_dir, tmp_path):
+    """``predict()`` never logs, so its metrics stayed in the accumulators and were averaged into the next
+    ``evaluate()`` on other data (DDO's real length 25.75 became 44.375). Each evaluation starts empty now."""
+    case = CASES[name]
+    data = case.dataset()
+    halves = {"first": data.select(range(0, len(data) // 2)), "second": data.select(range(len(data) // 2, len(data)))}
+    args = case.args(tmp_path / "run", max_steps=1, per_device_eval_batch_size=4)
+    trainer = case.trainer(tiny_model_dir, args, eval_dataset=halves)  # prepared by the trainer, as a user's would be
+    eval_logs = lambda: [h for h in trainer.state.log_history if "eval_loss" in h]  # noqa: E731
+
+    def evaluated() -> dict:
+        trainer.evaluate(trainer.eval_dataset["second"])
+        return {k: v for k, v in eval_logs()[-1].items() if k.startswith("eval_") and "runtime" not in k
+                and "per_second" not in k}  # fmt: skip
+
+    trainer.train()  # one step away from the reference: the PRM's rewards are 0 for every row before it
+    alone = evaluated()
+    trainer.predict(trainer.eval_dataset["first"])
+    after_predict = evaluated()
+    assert after_predict == pytest.approx(alone, rel=1e-6, nan_ok=True)  # (no rollouts in evaluation: nan)
+    key = "eval_" + METRIC.get(name, "sequencematch/bc_loss")
+    assert key in alone

@@ -23,6 +23,7 @@ import torch
 from accelerate.logging import get_logger
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
+from .. import _compat
 from ..cards import CardInfo, is_local_path, public_model_name, render_card
 
 logger = get_logger(__name__)
@@ -229,7 +230,20 @@ class CompleteCheckpoints:
             raise full from error
 
 
-class CardMixin(CompleteCheckpoints, NonEmptyPreparedData, FiniteLossGuard):
+class FreshEvaluationMetrics:
+    """Each ``evaluate()`` and ``predict()`` starts from empty evaluation metrics. The accumulators are emptied when
+    ``log()`` reports them, and ``predict()`` never logs: its rows would otherwise be averaged into the next
+    evaluation's metrics. Trainers with accumulators of their own extend ``reset_metrics``."""
+
+    def reset_metrics(self, mode: str) -> None:
+        _compat.metrics_store(self, mode).clear()
+
+    def evaluation_loop(self, *args: Any, **kwargs: Any) -> Any:
+        self.reset_metrics("eval")
+        return super().evaluation_loop(*args, **kwargs)
+
+
+class CardMixin(CompleteCheckpoints, FreshEvaluationMetrics, NonEmptyPreparedData, FiniteLossGuard):
     """Mix in before a TRL trainer; it brings ``NonEmptyPreparedData`` and ``FiniteLossGuard`` along. Subclasses set
     ``_card_template`` and return their ``card_hyperparameters``.
 
@@ -414,3 +428,7 @@ class MicroBatchIndex:
         self._index = self._index + 1 if key == self._key else 0
         self._key = key
         return self._index
+
+    def reset(self) -> None:
+        """Count from 0 again (each evaluation draws the same randomness for the same data at the same step)."""
+        self._key = None

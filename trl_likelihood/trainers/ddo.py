@@ -379,6 +379,11 @@ class DDOTrainer(CheckpointedMethodState, CardMixin, LossOnlyEvaluation, SFTTrai
         self._rows[mode].append(self.accelerator.gather_for_metrics(per_row).cpu())
         return (loss, None) if return_outputs else loss
 
+    def reset_metrics(self, mode: str) -> None:
+        super().reset_metrics(mode)
+        self._rows[mode] = []
+        self._micro_index.reset()
+
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         mode = "train" if self.model.training else "eval"
         if self._rows[mode]:

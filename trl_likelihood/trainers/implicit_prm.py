@@ -239,6 +239,10 @@ class ImplicitPRMTrainer(CardMixin, LossOnlyEvaluation, SFTTrainer):
         self._rewards[mode].append(gathered if self.args.loss_type == "ce" else torch.cat(gathered.chunk(2, 1)))
         return (loss, None) if return_outputs else loss
 
+    def reset_metrics(self, mode: str) -> None:
+        super().reset_metrics(mode)
+        self._rewards[mode] = []
+
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         mode = "train" if self.model.training else "eval"
         if self._rewards[mode]:

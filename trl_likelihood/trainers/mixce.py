@@ -105,6 +105,10 @@ class MixCETrainer(CardMixin, SFTTrainer):
                 outputs = model(**logits_inputs)
         return (loss, outputs) if return_outputs else loss
 
+    def reset_metrics(self, mode: str) -> None:
+        super().reset_metrics(mode)
+        self._nll_totals[mode].zero_()
+
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         mode = "train" if self.model.training else "eval"
         nll_sum, count = self._nll_totals[mode].tolist()

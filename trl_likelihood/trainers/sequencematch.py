@@ -418,6 +418,10 @@ class SequenceMatchTrainer(CheckpointedMethodState, CardMixin, LossOnlyEvaluatio
         """The mean over processes of a scalar (every process calls this the same number of times)."""
         return self.accelerator.gather(value.detach().float().reshape(1)).mean().item()
 
+    def reset_metrics(self, mode: str) -> None:
+        super().reset_metrics(mode)
+        self._micro_index.reset()  # the same noise and fakes for the same data at the same step
+
     # ------------------------------------------------------------------ checkpoints
     def load_method_state(self, folder: str) -> None:
         """This process's replay buffer, as ``save_method_state`` wrote it."""
