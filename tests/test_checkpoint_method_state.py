@@ -178,3 +178,21 @@ def test_predict_then_evaluate_reports_only_the_evaluated_data(name, tiny_model_
     assert after_predict == pytest.approx(alone, rel=1e-6, nan_ok=True)  # (no rollouts in evaluation: nan)
     key = "eval_" + METRIC.get(name, "sequencematch/bc_loss")
     assert key in alone
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_resume_with_changed_method_settings_names_old_and_new(name, tiny_model_dir, tmp_path, caplog):
+    case, out = CASES[name], tmp_path / "run"
+    case.trainer(tiny_model_dir, case.args(out, max_steps=2, save_strategy="steps", save_steps=2)).train()
+    field, old = next(iter(case.config.items()))  # e.g. eta for MixCE, beta for the PRM and DDO
+
+    same = case.trainer(tiny_model_dir, case.args(out, max_steps=2, save_strategy="no"))
+    with caplog.at_level("WARNING"):
+        same.train(resume_from_checkpoint=str(out / "checkpoint-2"))
+    assert not [r for r in caplog.records if "other settings" in r.getMessage()]
+
+    changed = case.trainer(tiny_model_dir, case.args(out, {field: old / 2}, max_steps=3, save_strategy="no"))
+    with caplog.at_level("WARNING"):
+        changed.train(resume_from_checkpoint=str(out / "checkpoint-2"))
+    [message] = [r.getMessage() for r in caplog.records if "other settings" in r.getMessage()]
+    assert f"{field}: {old!r} -> {old / 2!r}" in message and "max_steps: 2 -> 3" in message

@@ -206,15 +206,55 @@ def disk_full_error(folder: str, error: BaseException) -> OSError | None:
     )
 
 
+SETTINGS_FILE = "method_settings.json"  # in each checkpoint: the method's settings and the step budget
+
+
 class CompleteCheckpoints:
-    """``resume_from_checkpoint=True`` resumes from the newest *complete* checkpoint, and a checkpoint save that runs
-    out of disk says so."""
+    """``resume_from_checkpoint=True`` resumes from the newest *complete* checkpoint, a checkpoint save that runs out
+    of disk says so, and a resume with other method settings than the checkpoint's names what changed (e.g. a new
+    ``max_steps`` moves DDO's round boundaries)."""
+
+    def method_settings(self) -> dict[str, Any]:
+        """What a resume must not change silently: the method's own settings and the step budget."""
+        settings = {**self.card_hyperparameters(), "max_steps": self.args.max_steps}
+        return {k: v for k, v in settings.items() if isinstance(v, int | float | str | bool | None)}
+
+    def save_checkpoint_extras(self, folder: str) -> None:
+        """Files written into every checkpoint right after its model, before it looks complete."""
+        if self.args.should_save:
+            with open(os.path.join(folder, SETTINGS_FILE), "w", encoding="utf-8") as f:
+                json.dump(self.method_settings(), f, indent=2, sort_keys=True)
+
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        super().save_model(output_dir, _internal_call)
+        if _internal_call and output_dir and os.path.basename(output_dir).startswith(f"{PREFIX_CHECKPOINT_DIR}-"):
+            os.makedirs(output_dir, exist_ok=True)
+            self.save_checkpoint_extras(output_dir)
+
+    def _warn_on_changed_settings(self, folder: str) -> None:
+        path = os.path.join(folder, SETTINGS_FILE)
+        if not os.path.isfile(path):
+            return
+        with open(path, encoding="utf-8") as f:
+            saved = json.load(f)
+        now = self.method_settings()
+        changed = [f"{k}: {saved.get(k)!r} -> {now.get(k)!r}" for k in sorted(saved.keys() | now.keys())
+                   if saved.get(k) != now.get(k)]  # fmt: skip
+        if changed:
+            logger.warning(
+                "Resuming from %s with other settings than it was trained with (%s). The run goes on with the new "
+                "ones; schedules that depend on them (learning rate, DDO's round boundaries) move.",
+                folder,
+                "; ".join(changed),
+            )
 
     def train(self, resume_from_checkpoint: str | bool | None = None, *args: Any, **kwargs: Any):
         if resume_from_checkpoint is True:
             resume_from_checkpoint = last_complete_checkpoint(self.args.output_dir)
             if resume_from_checkpoint is None:
                 raise ValueError(f"No complete checkpoint to resume from in {self.args.output_dir}.")
+        if resume_from_checkpoint:
+            self._warn_on_changed_settings(resume_from_checkpoint)
         return super().train(resume_from_checkpoint, *args, **kwargs)
 
     def _save_checkpoint(self, model: Any, trial: Any) -> None:
@@ -355,11 +395,9 @@ class CheckpointedMethodState:
         """Read the state back from the checkpoint ``folder``; warn, naming what is reset, where a file is missing."""
         raise NotImplementedError
 
-    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
-        super().save_model(output_dir, _internal_call)
-        if _internal_call and output_dir and os.path.basename(output_dir).startswith(f"{PREFIX_CHECKPOINT_DIR}-"):
-            os.makedirs(output_dir, exist_ok=True)
-            self.save_method_state(output_dir)
+    def save_checkpoint_extras(self, folder: str) -> None:
+        super().save_checkpoint_extras(folder)
+        self.save_method_state(folder)
 
     def train(self, resume_from_checkpoint: str | bool | None = None, *args: Any, **kwargs: Any):
         folder = (
