@@ -10,6 +10,7 @@ into the same folder resumed with the first run's round and reference.
 
 from __future__ import annotations
 
+import json
 import os
 
 import pytest
@@ -196,3 +197,38 @@ def test_resume_with_changed_method_settings_names_old_and_new(name, tiny_model_
         changed.train(resume_from_checkpoint=str(out / "checkpoint-2"))
     [message] = [r.getMessage() for r in caplog.records if "other settings" in r.getMessage()]
     assert f"{field}: {old!r} -> {old / 2!r}" in message and "max_steps: 2 -> 3" in message
+
+
+def test_no_local_path_in_pushed_trainer_state_and_the_best_checkpoint_survives_a_resume(
+    tiny_model_dir,
+    tmp_path,
+    fake_hub,  # noqa: F811
+    caplog,
+):
+    """With ``metric_for_best_model`` transformers records ``best_model_checkpoint`` as a local absolute path (the
+    user's name in it) in every ``trainer_state.json``, and the checkpoint push and ``push_to_hub`` publish it. It is
+    left out of the files (``best_global_step`` stays) and derived again on a resume."""
+    case, out = CASES["mixce"], tmp_path / "run"
+    best = dict(eval_strategy="steps", eval_steps=1, save_strategy="steps", save_steps=1, load_best_model_at_end=True)
+    hub = dict(push_to_hub=True, hub_model_id=REPO_ID, hub_token=FAKE_TOKEN, hub_strategy="checkpoint")
+    data = case.dataset()
+    trainer = case.trainer(tiny_model_dir, case.args(out, max_steps=2, **best, **hub), eval_dataset=data)
+    trainer.train()
+    trainer.save_state()
+    trainer.push_to_hub()
+    assert trainer.state.best_model_checkpoint and os.path.isabs(trainer.state.best_model_checkpoint)  # in memory
+    states = [u["files"]["trainer_state.json"] for u in fake_hub.uploads if "trainer_state.json" in u["files"]]
+    states += [p.read_bytes() for p in out.rglob("trainer_state.json")]
+    assert len(states) >= 4
+    for data_bytes in states:
+        assert str(tmp_path).encode() not in data_bytes and b'"best_global_step"' in data_bytes
+
+    resumed = case.trainer(tiny_model_dir, case.args(out, max_steps=3, **best), eval_dataset=data)
+    with caplog.at_level("WARNING"):
+        resumed.train(resume_from_checkpoint=str(out / "checkpoint-2"))
+    assert not [r for r in caplog.records if "does not exist anymore" in r.getMessage()]
+    saved_best = json.loads((out / "checkpoint-2" / "trainer_state.json").read_text())["best_global_step"]
+    assert saved_best in (1, 2)
+    # derived from best_global_step at the resume (or recomputed at the step-3 save): a folder that exists
+    assert resumed.state.best_model_checkpoint == str(out / f"checkpoint-{resumed.state.best_global_step}")
+    assert os.path.isdir(resumed.state.best_model_checkpoint)

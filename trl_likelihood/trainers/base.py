@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 from accelerate.logging import get_logger
+from transformers import TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from .. import _compat
@@ -206,6 +207,38 @@ def disk_full_error(folder: str, error: BaseException) -> OSError | None:
     )
 
 
+@contextlib.contextmanager
+def state_saved_without_local_paths(state: Any) -> Iterator[None]:
+    """``trainer_state.json`` written without ``best_model_checkpoint``, a local absolute path (with the user's name)
+    that a push would publish; ``best_global_step`` stays, and ``RestoreBestCheckpoint`` derives the path from it on a
+    resume. The live state keeps the path (rotation and ``load_best_model_at_end`` use it)."""
+    original = type(state).save_to_json
+
+    def save_public(json_path: str) -> None:
+        best = state.best_model_checkpoint
+        state.best_model_checkpoint = None
+        try:
+            original(state, json_path)
+        finally:
+            state.best_model_checkpoint = best
+
+    state.save_to_json = save_public
+    try:
+        yield
+    finally:
+        del state.save_to_json
+
+
+class RestoreBestCheckpoint(TrainerCallback):
+    """On a resume, the best checkpoint's folder from ``best_global_step`` (``trainer_state.json`` holds no path)."""
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if state.best_model_checkpoint is None and state.best_global_step:
+            folder = os.path.join(args.output_dir, f"{PREFIX_CHECKPOINT_DIR}-{state.best_global_step}")
+            if os.path.isdir(folder):
+                state.best_model_checkpoint = folder
+
+
 SETTINGS_FILE = "method_settings.json"  # in each checkpoint: the method's settings and the step budget
 
 
@@ -248,7 +281,13 @@ class CompleteCheckpoints:
                 "; ".join(changed),
             )
 
+    def save_state(self) -> None:
+        with state_saved_without_local_paths(self.state):
+            super().save_state()
+
     def train(self, resume_from_checkpoint: str | bool | None = None, *args: Any, **kwargs: Any):
+        if not any(isinstance(c, RestoreBestCheckpoint) for c in self.callback_handler.callbacks):
+            self.add_callback(RestoreBestCheckpoint())
         if resume_from_checkpoint is True:
             resume_from_checkpoint = last_complete_checkpoint(self.args.output_dir)
             if resume_from_checkpoint is None:
@@ -259,7 +298,8 @@ class CompleteCheckpoints:
 
     def _save_checkpoint(self, model: Any, trial: Any) -> None:
         try:
-            super()._save_checkpoint(model, trial)
+            with state_saved_without_local_paths(self.state):
+                super()._save_checkpoint(model, trial)
         except (OSError, RuntimeError) as error:
             folder = os.path.join(
                 self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
