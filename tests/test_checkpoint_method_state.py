@@ -232,3 +232,55 @@ def test_no_local_path_in_pushed_trainer_state_and_the_best_checkpoint_survives_
     # derived from best_global_step at the resume (or recomputed at the step-3 save): a folder that exists
     assert resumed.state.best_model_checkpoint == str(out / f"checkpoint-{resumed.state.best_global_step}")
     assert os.path.isdir(resumed.state.best_model_checkpoint)
+
+
+KILLED_RUN = """
+import os, signal, sys
+sys.path.insert(0, {repo!r})
+from transformers.trainer_callback import TrainerState
+from tests.reliability import CASES
+
+original = TrainerState.save_to_json
+
+def killed_in_the_save_window(self, json_path):
+    if os.path.basename(os.path.dirname(json_path)) == "checkpoint-2":
+        os.kill(os.getpid(), signal.SIGKILL)  # the model and the method state are written, trainer_state.json not
+    return original(self, json_path)
+
+TrainerState.save_to_json = killed_in_the_save_window
+case = CASES[{name!r}]
+case.trainer({model!r}, case.args({out!r}, max_steps=3, save_strategy="steps", save_steps=1)).train()
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", STATEFUL)
+def test_a_run_killed_inside_the_save_window_resumes_exactly(name, tiny_model_dir, tmp_path, caplog):
+    """A child process is killed (SIGKILL, its own PID) while checkpoint-2 is being written. Resuming with
+    ``resume_from_checkpoint=True`` skips that folder, naming it, and continues from checkpoint-1 with its method
+    state: steps 2 and 3 log the uninterrupted run's losses."""
+    import subprocess
+    import sys
+
+    from tests.reliability import REPO, losses
+
+    case = CASES[name]
+    straight = case.trainer(tiny_model_dir, case.args(tmp_path / "straight", max_steps=3, save_strategy="no"))
+    straight.train()
+    out = tmp_path / "killed"
+    script = KILLED_RUN.format(repo=REPO, name=name, model=tiny_model_dir, out=str(out))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": REPO}
+    proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == -9, proc.stderr[-3000:]  # killed, not finished
+    assert not (out / "checkpoint-2" / "trainer_state.json").exists()
+    assert all((out / "checkpoint-2" / f).exists() for f in case.state_files)  # the state came first
+
+    resumed = case.trainer(tiny_model_dir, case.args(out, max_steps=3, save_strategy="no"))
+    with caplog.at_level("WARNING"):
+        resumed.train(resume_from_checkpoint=True)
+    assert any(f"{out / 'checkpoint-2'}: no trainer_state.json" in r.getMessage() for r in caplog.records)
+    keys = case.loss_metrics
+    got, want = losses(resumed, keys)[1:], losses(straight, keys)[1:]
+    assert [h["step"] for h in got] == [h["step"] for h in want] == [2, 3]
+    for a, b in zip(got, want):
+        assert a == pytest.approx(b, rel=1e-5, abs=1e-6)
