@@ -202,9 +202,10 @@ def sample_completions(
         pad_token_id: written before prompts and after EOS.
         temperature, top_k, top_p: ``1.0``, ``0``, ``1.0`` sample the model's own distribution.
         generator: the source of randomness (on the model's device); else one seeded with ``seed`` (``0`` if None).
-        sync_ranks: keep every process decoding until all are done (``engines.decodes_in_lockstep``): under ZeRO-3 and
-            FSDP each forward gathers weights with collectives. A process whose rows are done feeds padding; its
-            samples are the same as without the flag.
+        sync_ranks: keep every process decoding until all are done (``engines.decodes_in_lockstep``): under FSDP
+            each forward gathers weights with collectives (ZeRO-3 gathers them once per phase instead,
+            ``engines.sampling_weights``). A process whose rows are done feeds padding; its samples are the same as
+            without the flag.
     """
     _check_sampling_arguments(max_new_tokens, temperature, top_k, top_p)
     device = next(model.parameters()).device
