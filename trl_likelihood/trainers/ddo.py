@@ -52,13 +52,13 @@ from ..losses import IGNORE_INDEX, ddo_loss
 from ..ratio import adapter_disabled, build_reference, token_logps, trainable_snapshot, unwrap_ddp, weights_swapped
 from .base import (
     CardMixin,
-    CheckpointedMethodState,
     LossOnlyEvaluation,
     MicroBatchIndex,
     check_config_fields,
     check_sft_loss_fields,
     resolve_args,
 )
+from .checkpoints import CheckpointedMethodState
 
 logger = get_logger(__name__)
 ROUND_STATE = "ddo_round.pt"  # in checkpoints from round 2 on: the round index and the reference's weights

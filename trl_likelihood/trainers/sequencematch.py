@@ -63,13 +63,13 @@ from ..generation import sample_with_backspace, sampling_seed
 from ..losses import IGNORE_INDEX, action_nll, sequencematch_loss
 from .base import (
     CardMixin,
-    CheckpointedMethodState,
     LossOnlyEvaluation,
     MicroBatchIndex,
     check_config_fields,
     check_sft_loss_fields,
     resolve_args,
 )
+from .checkpoints import CheckpointedMethodState
 
 logger = get_logger(__name__)
 BUFFER_STATE = "sequencematch_buffer_rank{rank}.pt"  # in each checkpoint: this process's replay buffer
