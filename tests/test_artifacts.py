@@ -19,7 +19,7 @@ import torch
 from peft import LoraConfig
 
 from tests.reliability import CASES, REPO
-from tests.test_push import FAKE_TOKEN, REPO_ID, fake_hub  # noqa: F401  (the fixture)
+from tests.test_push import CHECKPOINT_PUSH, FAKE_TOKEN, fake_hub  # noqa: F401  (the fixture)
 from trl_likelihood.cli import METHODS, make_parser, model_init_kwargs
 
 ENV_SECRETS = {"HF_TOKEN": "hf_FakeEnvTokenDoNotUse987654321", "MY_SERVICE_API_KEY": "sk-FakeEnvSecretDoNotUse42"}
@@ -63,11 +63,8 @@ def test_saved_and_pushed_files_are_safe(name, peft, fake_hub, tiny_model_dir, t
         max_steps=2,
         save_strategy="steps",
         save_steps=1,
-        push_to_hub=True,
-        hub_model_id=REPO_ID,
-        hub_token=FAKE_TOKEN,
-        hub_strategy="checkpoint",
         model_init_kwargs={"token": INIT_TOKEN},
+        **CHECKPOINT_PUSH,
     )
     trainer = case.trainer(tiny_model_dir, args, peft_config=LoraConfig(**LORA) if peft else None)
     trainer.train()

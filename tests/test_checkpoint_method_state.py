@@ -18,7 +18,7 @@ import torch
 from transformers.trainer_callback import TrainerState
 
 from tests.reliability import CASES
-from tests.test_push import FAKE_TOKEN, REPO_ID, fake_hub  # noqa: F401  (the fixture)
+from tests.test_push import CHECKPOINT_PUSH, fake_hub  # noqa: F401  (the fixture)
 
 STATEFUL = ("ddo", "sequencematch")
 
@@ -42,16 +42,7 @@ def test_method_state_is_in_the_checkpoint_before_it_looks_complete_and_is_pushe
         return original(self, json_path)
 
     monkeypatch.setattr(TrainerState, "save_to_json", spy)
-    args = case.args(
-        tmp_path / "run",
-        max_steps=2,
-        save_strategy="steps",
-        save_steps=1,
-        push_to_hub=True,
-        hub_model_id=REPO_ID,
-        hub_token=FAKE_TOKEN,
-        hub_strategy="checkpoint",
-    )
+    args = case.args(tmp_path / "run", max_steps=2, save_strategy="steps", save_steps=1, **CHECKPOINT_PUSH)
     case.trainer(tiny_model_dir, args).train()
     assert seen == [dict.fromkeys(case.state_files, True)] * 2  # both checkpoints, state first
     pushed = [u["files"] for u in fake_hub.uploads if u.get("path_in_repo") == "last-checkpoint"]
@@ -210,9 +201,8 @@ def test_no_local_path_in_pushed_trainer_state_and_the_best_checkpoint_survives_
     left out of the files (``best_global_step`` stays) and derived again on a resume."""
     case, out = CASES["mixce"], tmp_path / "run"
     best = dict(eval_strategy="steps", eval_steps=1, save_strategy="steps", save_steps=1, load_best_model_at_end=True)
-    hub = dict(push_to_hub=True, hub_model_id=REPO_ID, hub_token=FAKE_TOKEN, hub_strategy="checkpoint")
     data = case.dataset()
-    trainer = case.trainer(tiny_model_dir, case.args(out, max_steps=2, **best, **hub), eval_dataset=data)
+    trainer = case.trainer(tiny_model_dir, case.args(out, max_steps=2, **best, **CHECKPOINT_PUSH), eval_dataset=data)
     trainer.train()
     trainer.save_state()
     trainer.push_to_hub()

@@ -28,6 +28,8 @@ from trl_likelihood import MixCEConfig, MixCETrainer
 
 REPO_ID = "user/tiny-mixce"
 FAKE_TOKEN = "hf_FakePushTokenDoNotUse0123456789"
+# Training arguments that push every checkpoint (as ``last-checkpoint``) to the fake Hub with the fake token.
+CHECKPOINT_PUSH = dict(push_to_hub=True, hub_model_id=REPO_ID, hub_token=FAKE_TOKEN, hub_strategy="checkpoint")
 TEXT_SUFFIXES = (".md", ".json", ".jinja", ".txt", ".yaml")
 
 
