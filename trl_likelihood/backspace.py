@@ -109,6 +109,7 @@ def add_backspace_token(model: torch.nn.Module, tokenizer: Any, token: str = BAC
     """
     if not token:
         raise ValueError("`token` must be a non-empty string.")
+    _refuse_a_token_with_another_use(tokenizer, token)
     added = token not in tokenizer.get_vocab()
     if added:
         tokenizer.add_special_tokens({"extra_special_tokens": [token]}, replace_extra_special_tokens=False)
@@ -135,6 +136,30 @@ def add_backspace_token(model: torch.nn.Module, tokenizer: Any, token: str = BAC
             for weight in weights:
                 _embedding_rows_to_mean(weight, token_id, known)
     return token_id
+
+
+def _refuse_a_token_with_another_use(tokenizer: Any, token: str) -> None:
+    """A backspace token must mean only "delete": every occurrence of it in the data becomes a deletion. A token the
+    vocabulary already has (".", EOS, padding, a chat-template marker) is refused; the one exception is a backspace
+    added earlier (an added special token with no other role), which is reused."""
+    vocab = tokenizer.get_vocab()
+    if token not in vocab:
+        return
+    roles = {name for name in ("eos_token", "pad_token", "bos_token", "unk_token", "mask_token", "sep_token",
+                               "cls_token") if getattr(tokenizer, name, None) == token}  # fmt: skip
+    added_special = token in tokenizer.get_added_vocab() and token in tokenizer.all_special_tokens
+    in_template = token in str(getattr(tokenizer, "chat_template", None) or "")
+    if added_special and not roles and not in_template:
+        return
+    use = (
+        f"the tokenizer's {', '.join(sorted(roles))}"
+        if roles
+        else ("a marker of the chat template" if in_template else "an ordinary token of the vocabulary")
+    )
+    raise ValueError(
+        f"`backspace_token` {token!r} is already {use} (id {vocab[token]}): every occurrence of it in the data would "
+        "become a deletion. Use a new string, e.g. '<bkspc>'."
+    )
 
 
 def _base_model(model: torch.nn.Module) -> torch.nn.Module:

@@ -253,7 +253,16 @@ def resolve_args(trainer_name: str, model: Any, args: Any, config_class: type, k
 
 
 class LossOnlyEvaluation:
-    """Evaluation runs ``compute_loss`` only: these objectives log their own metrics and have no logits to return."""
+    """Evaluation runs ``compute_loss`` only: these objectives log their own metrics and have no logits to return, so
+    a ``compute_metrics`` would never be called; it is refused before anything is built."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        if kwargs.get("compute_metrics") is not None:
+            raise ValueError(
+                f"{type(self).__name__} evaluates its loss and logs its own metrics (no logits are returned), so "
+                "`compute_metrics` would never be called. Remove it; its metrics appear as `eval_<method>/...`."
+            )
+        super().__init__(*args, **kwargs)
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
         inputs = self._prepare_inputs(inputs)

@@ -88,6 +88,13 @@ class ImplicitPRMConfig(SFTConfig):
             raise ValueError(f"`loss_type` must be 'ce' or 'dpo', got {self.loss_type!r}.")
         if self.packing:
             raise ValueError("`packing=True` would merge responses whose rewards must stay separate; set it to False.")
+        if self.padding_free:
+            raise ValueError("`padding_free=True` is not supported: each response is scored as its own row.")
+        if self.completion_only_loss is False:
+            raise ValueError(
+                "`completion_only_loss=False` would score the prompt tokens too; the reward (and `ImplicitPRM.score`) "
+                "sums over the response only. Leave it unset."
+            )
 
 
 class PRMCollator:
