@@ -61,7 +61,7 @@ from .base import (
 from .checkpoints import CheckpointedMethodState
 
 logger = get_logger(__name__)
-ROUND_STATE = "ddo_round.pt"  # in checkpoints from round 2 on: the round index and the reference's weights
+ROUND_STATE = "ddo_round.pt"  # in every checkpoint: the round index and its reference's weights (None in round 1)
 POOL_STATE = "ddo_pool_rank{rank}.pt"  # with fake_pool="round": this process's fakes of the current round
 
 DDO_CITATION = """\
