@@ -102,8 +102,8 @@ def load_full_state(module: torch.nn.Module, state: dict[str, torch.Tensor]) -> 
         write_full(params[name], value.to(params[name].device))
 
 
-def frozen_copy(model: torch.nn.Module) -> torch.nn.Module:
-    """A frozen copy of ``model`` with full weights: a deep copy, or under ZeRO-3 (a model loaded partitioned) a new
+def full_copy(model: torch.nn.Module) -> torch.nn.Module:
+    """A copy of ``model`` with full weights: a deep copy, or under ZeRO-3 (a model loaded partitioned) a new
     model of the same class filled from the gathered weights; ``prepare_frozen`` shards it again."""
     if not any(is_partitioned(p) for p in model.parameters()):
         ref = copy.deepcopy(model)
@@ -113,7 +113,7 @@ def frozen_copy(model: torch.nn.Module) -> torch.nn.Module:
         ref = type(model)(model.config)  # plain construction: not under DeepSpeed's zero.Init, so not partitioned
         ref.load_state_dict(state)
         ref.to(next(iter(state.values())).dtype)
-    return ref.eval().requires_grad_(False)
+    return ref
 
 
 def prepare_frozen(model: torch.nn.Module, accelerator: Any) -> torch.nn.Module:

@@ -141,12 +141,12 @@ def weights_swapped(model: torch.nn.Module, weights: dict[str, torch.Tensor]):
 def frozen_copy(model: torch.nn.Module) -> torch.nn.Module:
     """A frozen copy of ``model`` (a reference for full fine-tuning) whose ``forward`` runs its own weights.
 
-    The copy (``engines.frozen_copy``: a deep copy, gathered under ZeRO-3) of a model patched with TRL's fused head
+    The copy (``engines.full_copy``: a deep copy, gathered under ZeRO-3) of a model patched with TRL's fused head
     keeps the patch's closure over the original's ``forward``: the copy's plain (non-fused) forward, the one
     ``generate`` and sampling call, would run the original's weights. The patch is dropped here; ``Reference`` patches
     the copy again, bound to itself.
     """
-    ref = engines.frozen_copy(model)
+    ref = engines.full_copy(model)
     vars(ref).pop("forward", None)
     vars(ref).pop("_trl_likelihood_fused", None)
     return ref.eval().requires_grad_(False)

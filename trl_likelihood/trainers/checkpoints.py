@@ -135,6 +135,10 @@ class CompleteCheckpoints:
             os.makedirs(output_dir, exist_ok=True)
             self.save_checkpoint_extras(output_dir)
 
+    def load_checkpoint_extras(self, folder: str) -> None:
+        """Read back what ``save_checkpoint_extras`` wrote, before ``Trainer`` restores the rest of ``folder``."""
+        self._warn_on_changed_settings(folder)
+
     def _warn_on_changed_settings(self, folder: str) -> None:
         path = os.path.join(folder, SETTINGS_FILE)
         if not os.path.isfile(path):
@@ -164,7 +168,7 @@ class CompleteCheckpoints:
             if resume_from_checkpoint is None:
                 raise ValueError(f"No complete checkpoint to resume from in {self.args.output_dir}.")
         if resume_from_checkpoint:
-            self._warn_on_changed_settings(resume_from_checkpoint)
+            self.load_checkpoint_extras(resume_from_checkpoint)
         return super().train(resume_from_checkpoint, *args, **kwargs)
 
     def _save_checkpoint(self, model: Any, trial: Any) -> None:
@@ -187,9 +191,10 @@ class CheckpointedMethodState:
 
     It is written inside the checkpoint save, right after the model and before ``trainer_state.json`` (what makes a
     checkpoint look complete), the push of ``last-checkpoint`` and the rotation of old checkpoints; every file is
-    written at every save, so a folder reused by another run never keeps a stale one. ``train`` reads it back on a
-    resume, before ``Trainer`` restores the rest, so that a resumed run goes on as an uninterrupted one would; a file
-    missing from the checkpoint is a warning that names what starts over.
+    written at every save, so a folder reused by another run never keeps a stale one. It is read back on a resume
+    (``CompleteCheckpoints.train`` resolves which checkpoint), before ``Trainer`` restores the rest, so that a resumed
+    run goes on as an uninterrupted one would; a file missing from the checkpoint is a warning that names what starts
+    over.
     """
 
     def save_method_state(self, folder: str) -> None:
@@ -204,12 +209,6 @@ class CheckpointedMethodState:
         super().save_checkpoint_extras(folder)
         self.save_method_state(folder)
 
-    def train(self, resume_from_checkpoint: str | bool | None = None, *args: Any, **kwargs: Any):
-        folder = (
-            last_complete_checkpoint(self.args.output_dir)
-            if resume_from_checkpoint is True
-            else resume_from_checkpoint
-        )
-        if folder:
-            self.load_method_state(folder)
-        return super().train(folder or resume_from_checkpoint, *args, **kwargs)
+    def load_checkpoint_extras(self, folder: str) -> None:
+        super().load_checkpoint_extras(folder)
+        self.load_method_state(folder)
