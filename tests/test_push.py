@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import math
 import os
 from concurrent.futures import Future
 from pathlib import Path
@@ -20,11 +21,12 @@ import torch
 from datasets import Dataset
 from huggingface_hub import HfApi, ModelCard
 from huggingface_hub.utils import filter_repo_objects
-from peft import LoraConfig
+from peft import AutoPeftModelForCausalLM, LoraConfig
+from transformers import AutoModelForCausalLM
 
 from tests.conftest import cpu_args
 from tests.tiny import CORPUS
-from trl_likelihood import MixCEConfig, MixCETrainer
+from trl_likelihood import ImplicitPRM, ImplicitPRMConfig, ImplicitPRMTrainer, MixCEConfig, MixCETrainer
 
 REPO_ID = "user/tiny-mixce"
 FAKE_TOKEN = "hf_FakePushTokenDoNotUse0123456789"
@@ -111,7 +113,7 @@ def test_push_to_hub_uploads_model_tokenizer_and_card(fake_hub, tiny_model_dir, 
     assert len(fake_hub.uploads) == 1
     upload = fake_hub.uploads[0]
     assert upload["repo_id"] == REPO_ID and upload["token"] == FAKE_TOKEN  # the token goes to the API, only there
-    assert upload.get("path_in_repo") is None and Path(upload["folder_path"]) == out
+    assert upload.get("path_in_repo") is None
     files = upload["files"]
     assert {"README.md", "tokenizer.json", "tokenizer_config.json"} <= files.keys()
     assert not any(name.startswith("checkpoint-") or "/" in name for name in files)
@@ -146,6 +148,17 @@ def test_push_to_hub_uploads_model_tokenizer_and_card(fake_hub, tiny_model_dir, 
     # ...while the live arguments are untouched: same class, same token.
     assert type(trainer.args) is MixCEConfig and trainer.args.hub_token == FAKE_TOKEN
     assert trainer.args.output_dir == str(out)
+    # The local folder still loads on its own: pushing changed only what was uploaded.
+    assert_local_folder_loads(out, tiny_model_dir, peft)
+
+
+def assert_local_folder_loads(out: Path, tiny_model_dir: str, peft: bool) -> None:
+    if peft:
+        assert json.loads((out / "adapter_config.json").read_text())["base_model_name_or_path"] == tiny_model_dir
+        model = AutoPeftModelForCausalLM.from_pretrained(out)
+    else:
+        model = AutoModelForCausalLM.from_pretrained(out)
+    assert model(torch.tensor([[1, 2, 3]])).logits.isfinite().all()
 
 
 def test_checkpoint_pushes_leak_nothing(fake_hub, tiny_model_dir, tmp_path):
@@ -167,3 +180,29 @@ def test_checkpoint_pushes_leak_nothing(fake_hub, tiny_model_dir, tmp_path):
         readme.write_bytes(files["README.md"])
         assert "mixce" in ModelCard.load(readme).data.tags  # ours, not PEFT's generic card
     assert trainer.args.hub_token == FAKE_TOKEN
+    assert_local_folder_loads(out, tiny_model_dir, peft=True)
+    assert_local_folder_loads(out / "checkpoint-2", tiny_model_dir, peft=True)
+
+
+def test_pushed_prm_loads_locally_with_its_trained_beta(fake_hub, tiny_model_dir, tmp_path):
+    """Item 7/8 of the friction issue: after a push the local adapter still loads as an ``ImplicitPRM``, which scores
+    with the ``beta`` it was trained with (saved in ``method_settings.json``, uploaded too); another one warns."""
+    rows = [{"prompt": t[:12], "completion": t[12:], "label": i % 2 == 0} for i, t in enumerate(CORPUS[:8])]
+    out = tmp_path / "prm"
+    trainer = ImplicitPRMTrainer(
+        model=tiny_model_dir,
+        args=ImplicitPRMConfig(str(out), beta=0.5, **cpu_args(max_steps=1, push_to_hub=True, hub_model_id=REPO_ID)),
+        train_dataset=Dataset.from_list(rows),
+        peft_config=LoraConfig(r=4, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM"),
+    )
+    trainer.train()
+    trainer.push_to_hub()
+    uploaded = json.loads(fake_hub.uploads[-1]["files"]["method_settings.json"])
+    assert uploaded["beta"] == 0.5 and uploaded["loss_type"] == "ce"
+
+    prm = ImplicitPRM.from_pretrained(out)
+    assert prm.beta == 0.5 and prm.reference_is_base
+    assert math.isfinite(prm.score("2+2=", ["4"]).score)
+    with pytest.warns(UserWarning, match=r"trained with beta=0.5; scoring with beta=0.05"):
+        assert ImplicitPRM.from_pretrained(out, beta=0.05).beta == 0.05
+    assert ImplicitPRM(tiny_model_dir, reference=tiny_model_dir).beta == 0.05  # not trained here: the default

@@ -6,8 +6,12 @@ moves something breaks this file and its test, nowhere else. Checked on TRL 1.16
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future
 from contextlib import contextmanager
 from typing import Any
 
@@ -86,3 +90,72 @@ def prepare_sft_dataset(trainer: Any, dataset: Any, processing_class: Any, args:
     """SFT's own tokenisation/truncation pipeline (``SFTTrainer._prepare_dataset``, TRL 1.16), without packing,
     called directly so that a subclass that overrides ``_prepare_dataset`` can run it on parts of its data."""
     return trl.SFTTrainer._prepare_dataset(trainer, dataset, processing_class, args, False, None, dataset_name)
+
+
+@contextmanager
+def uploads_staged(prepare: Callable[[str], None]) -> Iterator[None]:
+    """Within the block the Trainer uploads a staged copy of each folder it pushes, so that what the Hub gets can
+    differ from the local folder (a public ``adapter_config.json``) while the local folder loads as it is.
+
+    transformers 5 routes every Trainer upload through ``transformers.trainer.hf_api().upload_folder``. The copy holds
+    hard links of the large files and real copies of the small ones; ``prepare(folder)`` rewrites the copy; it is
+    deleted once the upload (also a background one, ``run_as_future``) is done.
+    """
+    import transformers.trainer as trainer_module
+
+    original = trainer_module.hf_api
+    trainer_module.hf_api = lambda: _StagedUploads(original(), prepare)
+    try:
+        yield
+    finally:
+        trainer_module.hf_api = original
+
+
+class _StagedUploads:
+    """An ``HfApi`` whose ``upload_folder`` uploads a prepared copy; every other call goes to the real client."""
+
+    def __init__(self, api: Any, prepare: Callable[[str], None]) -> None:
+        self._api, self._prepare = api, prepare
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._api, name)
+
+    def upload_folder(self, **kwargs: Any) -> Any:
+        from huggingface_hub.utils import filter_repo_objects
+
+        folder = kwargs["folder_path"]
+        names = [
+            os.path.relpath(os.path.join(root, file), folder) for root, _, files in os.walk(folder) for file in files
+        ]
+        kept = filter_repo_objects(
+            names, allow_patterns=kwargs.get("allow_patterns"), ignore_patterns=kwargs.get("ignore_patterns")
+        )
+        stage = tempfile.mkdtemp(prefix="trl-likelihood-upload-")
+        try:
+            for name in kept:
+                source, target = os.path.join(folder, name), os.path.join(stage, name)
+                os.makedirs(os.path.dirname(target), exist_ok=True)
+                if os.path.getsize(source) < _COPY_BELOW:
+                    shutil.copy2(source, target)  # small files may be rewritten: never a link to the local file
+                else:
+                    _link_or_copy(source, target)
+            self._prepare(stage)
+            result = self._api.upload_folder(**{**kwargs, "folder_path": stage})
+        except BaseException:
+            shutil.rmtree(stage, ignore_errors=True)
+            raise
+        if isinstance(result, Future):
+            result.add_done_callback(lambda _: shutil.rmtree(stage, ignore_errors=True))
+        else:
+            shutil.rmtree(stage, ignore_errors=True)
+        return result
+
+
+_COPY_BELOW = 1 << 20  # bytes: configs, cards and tokenizer files are copied, weights are linked
+
+
+def _link_or_copy(source: str, target: str) -> None:
+    try:
+        os.link(source, target)
+    except OSError:  # another file system, or links not allowed
+        shutil.copy2(source, target)

@@ -38,9 +38,11 @@ from accelerate.utils import is_peft_model
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
 from transformers.utils.peft_utils import find_adapter_config_file
 
+from .method_settings import read_method_settings
 from .ratio import adapter_disabled, ensure_fused_head, token_logps, unwrap_ddp
 
 AGGREGATES = ("min", "sum", "last", "min_q")
+DEFAULT_BETA = 0.05  # ImplicitPRMConfig's default, for a policy saved without its settings
 Prompt = str | list[dict[str, Any]]  # plain text, or chat messages
 _PLACEHOLDER = "\ue000"  # a private-use character, to find where a chat template puts the assistant's content
 
@@ -125,6 +127,22 @@ def _load_tokenizer(source: Any, policy: torch.nn.Module) -> PreTrainedTokenizer
     raise ValueError(f"Could not load a tokenizer for the policy; pass `tokenizer=`. Tried: {errors or 'nothing'}.")
 
 
+def _trained_beta(policy: Any, beta: float | None) -> float:
+    """``beta`` as given, or the one the policy was trained with; a given one that differs from it is warned about."""
+    trained = None
+    if isinstance(policy, str | os.PathLike):
+        trained = (read_method_settings(policy) or {}).get("beta")
+    if beta is None:
+        return DEFAULT_BETA if trained is None else trained
+    if trained is not None and beta != trained:
+        warnings.warn(
+            f"{policy} was trained with beta={trained}; scoring with beta={beta} scales every reward by "
+            f"{beta / trained:.4g} (rankings are unchanged, weighted-vote weights are not).",
+            stacklevel=3,
+        )
+    return beta
+
+
 def _is_messages(prompt: Any) -> bool:
     return isinstance(prompt, list) and len(prompt) > 0 and all(isinstance(m, dict) for m in prompt)
 
@@ -137,8 +155,10 @@ class ImplicitPRM:
         reference: ``"base"`` (the policy's base model with the adapter disabled; no second model in memory), a model,
             or a path. It must share the policy's tokenizer.
         tokenizer: a fast tokenizer (offsets are needed); default: the policy's, from its path.
-        beta: the training ``beta``, so scores equal the training rewards. ImplicitPRM's eval used 0.001-0.005: a
-            positive scale keeps argmax/min rankings but changes ``sigmoid(score)`` in the weighted vote (4(c)).
+        beta: the training ``beta``, so scores equal the training rewards. Default: the ``beta`` saved with a policy
+            given by path (``method_settings.json``, written by ``ImplicitPRMTrainer``), else 0.05; a different one
+            given for such a policy is used, with a warning. A positive scale keeps argmax/min rankings but changes
+            ``sigmoid(score)`` in the weighted vote (4(c)).
         step_separator: joins the steps into the response, as the PRM saw it (the official eval uses ``"\\n\\n"``).
         aggregate: default reduction over steps, one of ``AGGREGATES``.
         add_eos: score the EOS (or the chat template's closing tokens) in the last step, as training does.
@@ -153,7 +173,7 @@ class ImplicitPRM:
         reference: torch.nn.Module | str | os.PathLike = "base",
         tokenizer: PreTrainedTokenizerBase | None = None,
         *,
-        beta: float = 0.05,
+        beta: float | None = None,
         step_separator: str = "\n\n",
         aggregate: str = "min",
         add_eos: bool = True,
@@ -161,6 +181,7 @@ class ImplicitPRM:
         device: str | torch.device | None = None,
         model_kwargs: dict[str, Any] | None = None,
     ):
+        beta = _trained_beta(policy, beta)
         if not beta > 0:
             raise ValueError(f"`beta` must be positive, got {beta!r}.")
         if aggregate not in AGGREGATES:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import glob
 import json
 import math
 import os
@@ -21,6 +22,7 @@ import torch
 
 from .. import _compat
 from ..cards import CardInfo, is_local_path, public_model_name, render_card
+from ..method_settings import write_method_settings
 from .checkpoints import CompleteCheckpoints
 
 # Names of settings that carry credentials, at any depth of the training arguments (``hub_token``, a ``token`` in
@@ -169,7 +171,6 @@ class CardMixin(CompleteCheckpoints, FreshEvaluationMetrics, NonEmptyPreparedDat
 
     _card_template: str = ""
     _card_pipeline_tag: str | None = "text-generation"
-    _pushing: bool = False
 
     def card_hyperparameters(self) -> dict[str, Any]:
         """The method's own settings, shown first in the card's hyperparameter table."""
@@ -206,19 +207,14 @@ class CardMixin(CompleteCheckpoints, FreshEvaluationMetrics, NonEmptyPreparedDat
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
         with self._args_pickled_public():
             super()._save(output_dir, state_dict)
-        if not self.args.should_save:
-            return
-        output_dir = output_dir or self.args.output_dir
-        if self.args.push_to_hub or self._pushing:  # a local save keeps the path, so the folder loads as it is
-            self._publish_adapter_configs(output_dir)
-        self.create_model_card(output_dir=output_dir)
+        if self.args.should_save:
+            self.create_model_card(output_dir=output_dir or self.args.output_dir)
+            write_method_settings(output_dir or self.args.output_dir, self.method_settings())
 
-    def _publish_adapter_configs(self, output_dir: str) -> None:
-        """Replace a local ``base_model_name_or_path`` by the folder's name, as the card's ``base_model`` does."""
-        for name in getattr(self.model, "peft_config", None) or {}:
-            path = os.path.join(output_dir, "" if name == "default" else name, "adapter_config.json")
-            if not os.path.isfile(path):
-                continue
+    def _publish_adapter_configs(self, folder: str) -> None:
+        """In the copy of ``folder`` that is uploaded, replace a local ``base_model_name_or_path`` by the folder's
+        name, as the card's ``base_model`` does; the local folder keeps its path and loads as it is."""
+        for path in glob.glob(os.path.join(folder, "**", "adapter_config.json"), recursive=True):
             with open(path, encoding="utf-8") as f:
                 config = json.load(f)
             base = config.get("base_model_name_or_path")
@@ -228,16 +224,15 @@ class CardMixin(CompleteCheckpoints, FreshEvaluationMetrics, NonEmptyPreparedDat
                     f.write(json.dumps(config, indent=2, sort_keys=True))  # PEFT's own layout
 
     def _push_from_checkpoint(self, checkpoint_folder: str) -> None:
-        with self._args_pickled_public():  # it re-saves training_args.bin into output_dir before uploading it
+        # It re-saves training_args.bin into output_dir before uploading it.
+        with self._args_pickled_public(), _compat.uploads_staged(self._publish_adapter_configs):
             super()._push_from_checkpoint(checkpoint_folder)
 
     def push_to_hub(self, *args: Any, **kwargs: Any) -> Any:
-        """transformers' ``push_to_hub``; the folder it uploads is saved in its public form (see ``_save``)."""
-        self._pushing = True
-        try:
+        """transformers' ``push_to_hub``; what it uploads is the public form of the folder (see ``_save`` and
+        ``_publish_adapter_configs``)."""
+        with _compat.uploads_staged(self._publish_adapter_configs):
             return super().push_to_hub(*args, **kwargs)
-        finally:
-            self._pushing = False
 
 
 def resolve_args(trainer_name: str, model: Any, args: Any, config_class: type, kwargs: dict[str, Any]) -> Any:

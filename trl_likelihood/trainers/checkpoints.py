@@ -21,6 +21,8 @@ from accelerate.logging import get_logger
 from transformers import TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
+from ..method_settings import SETTINGS_FILE, write_method_settings
+
 logger = get_logger(__name__)
 
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "adapter_model.safetensors", "pytorch_model.bin")
@@ -110,9 +112,6 @@ class RestoreBestCheckpoint(TrainerCallback):
                 state.best_model_checkpoint = folder
 
 
-SETTINGS_FILE = "method_settings.json"  # in each checkpoint: the method's settings and the step budget
-
-
 class CompleteCheckpoints:
     """``resume_from_checkpoint=True`` resumes from the newest *complete* checkpoint, a checkpoint save that runs out
     of disk says so, and a resume with other method settings than the checkpoint's names what changed (e.g. a new
@@ -126,8 +125,7 @@ class CompleteCheckpoints:
     def save_checkpoint_extras(self, folder: str) -> None:
         """Files written into every checkpoint right after its model, before it looks complete."""
         if self.args.should_save:
-            with open(os.path.join(folder, SETTINGS_FILE), "w", encoding="utf-8") as f:
-                json.dump(self.method_settings(), f, indent=2, sort_keys=True)
+            write_method_settings(folder, self.method_settings())
 
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
         super().save_model(output_dir, _internal_call)
