@@ -15,6 +15,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 from datasets import Dataset, DatasetDict, IterableDataset, IterableDatasetDict, load_dataset, load_from_disk
+from transformers import PreTrainedTokenizerBase
 
 _FILE_BUILDERS = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".csv": "csv", ".txt": "text"}
 _COMPRESSIONS = (".gz", ".bz2", ".xz", ".zst")
@@ -93,13 +94,13 @@ def _check_text(value: Any, column: str, row: int, where: str, messages: str) ->
     """``messages`` is "no" (a string), "may" (a string or messages) or "must" (messages: the ``messages`` column)."""
     if isinstance(value, str) and messages != "must":
         return
+    if messages != "no" and isinstance(value, list) and not value:
+        raise ValueError(
+            f"{where}: column {column!r}, row {row}: an empty message list; expected at least one message."
+        )
     if messages != "no" and _is_message_list(value):
         for turn, message in enumerate(value):
-            if not isinstance(message["content"], str | list):  # a list: TRL's multimodal content parts
-                raise ValueError(
-                    f"{where}: column {column!r}, row {row}, message {turn}: expected a string 'content', got "
-                    f"{type(message['content']).__name__} {message['content']!r:.60}."
-                )
+            _check_content(message["content"], f"{where}: column {column!r}, row {row}, message {turn}")
         return
     expected = {
         "no": "a string",
@@ -109,6 +110,19 @@ def _check_text(value: Any, column: str, row: int, where: str, messages: str) ->
     raise ValueError(
         f"{where}: column {column!r}, row {row}: expected {expected}, got {type(value).__name__} {value!r:.60}."
     )
+
+
+def _check_content(content: Any, where: str) -> None:
+    """A string, or TRL's content parts: ``[{"type": "text", "text": ...}, {"type": "image"}, ...]``."""
+    if isinstance(content, str):
+        return
+    if not isinstance(content, list):
+        raise ValueError(f"{where}: expected a string 'content', got {type(content).__name__} {content!r:.60}.")
+    for index, part in enumerate(content):
+        if not isinstance(part, dict) or not isinstance(part.get("type"), str):
+            raise ValueError(f"{where}, content part {index}: expected a {{'type': ...}} dict, got {part!r:.60}.")
+        if part["type"] == "text" and not isinstance(part.get("text"), str):
+            raise ValueError(f"{where}, content part {index}: a text part needs a string 'text', got {part!r:.60}.")
 
 
 def _first_null_string_row(dataset: Dataset, column: str) -> int | None:
@@ -216,8 +230,88 @@ def _check_column(dataset: Any, head: list[dict] | None, column: str, where: str
         _check_text(value, column, row, where, messages)
 
 
-def validate_sft_datasets(train_dataset: Any, eval_dataset: Any, args: Any) -> None:
-    """``validate_sft_dataset`` on the train set and on each eval set (one dataset or a dict of them)."""
-    validate_sft_dataset(train_dataset, args, "train_dataset")
-    for key, dataset in (eval_dataset if isinstance(eval_dataset, dict) else {"": eval_dataset}).items():
-        validate_sft_dataset(dataset, args, f"eval_dataset[{key!r}]" if key else "eval_dataset")
+def checked_sft_datasets(train_dataset: Any, eval_dataset: Any, args: Any, processing_class: Any = None) -> tuple:
+    """``validate_sft_dataset`` on the train set and on each eval set (one dataset or a dict of them), and each in
+    the form an SFT-style trainer consumes (``sft_ready``)."""
+    train_dataset = sft_ready(train_dataset, args, processing_class, "train_dataset")
+    if isinstance(eval_dataset, dict):
+        names = {key: f"eval_dataset[{key!r}]" for key in eval_dataset}
+        eval_dataset = {key: sft_ready(d, args, processing_class, names[key]) for key, d in eval_dataset.items()}
+    else:
+        eval_dataset = sft_ready(eval_dataset, args, processing_class, "eval_dataset")
+    return train_dataset, eval_dataset
+
+
+def sft_ready(dataset: Any, args: Any, processing_class: Any, where: str) -> Any:
+    """``dataset`` validated, with message content given as text parts joined into strings (a text model's chat
+    template would render the list's Python repr), and, streamed, every row checked as it is read (only the head can
+    be checked before training)."""
+    validate_sft_dataset(dataset, args, where)
+    if not isinstance(dataset, Dataset | IterableDataset) or _passed_through(dataset, args):
+        return dataset
+    columns = _message_columns(dataset, args)
+    if isinstance(dataset, IterableDataset):
+        return dataset.map(_StreamedRowCheck(args, processing_class, columns, where), with_indices=True)
+    if any(_is_list_feature(dataset.features[c]) and _has_content_parts(dataset.features[c]) for c in columns):
+        join = _StreamedRowCheck(args, processing_class, columns, where, check=False)
+        return dataset.map(join, with_indices=True, desc=f"Joining the text parts of {where}")
+    return dataset
+
+
+def _passed_through(dataset: Dataset | IterableDataset, args: Any) -> bool:
+    """Tokenized data and ``skip_prepare_dataset``: the user owns the format (as in ``validate_sft_dataset``)."""
+    columns = dataset.column_names or []
+    return "input_ids" in columns or bool((getattr(args, "dataset_kwargs", None) or {}).get("skip_prepare_dataset"))
+
+
+def _message_columns(dataset: Dataset | IterableDataset, args: Any) -> list[str]:
+    columns = dataset.column_names or list(next(iter(dataset)))
+    if "prompt" in columns and "completion" in columns:
+        return ["prompt", "completion"]
+    return ["messages"] if "messages" in columns else []
+
+
+def _has_content_parts(feature: Any) -> bool:
+    """A message list feature whose ``content`` is itself a list (of parts)."""
+    inner = getattr(feature, "feature", feature[0] if isinstance(feature, list) and feature else None)
+    content = inner.get("content") if isinstance(inner, dict) else None
+    return content is not None and _is_list_feature(content)
+
+
+class _StreamedRowCheck:
+    """One row of a dataset, checked as ``validate_sft_dataset`` checks the head and with its text parts joined; a
+    class, so ``datasets`` can fingerprint it."""
+
+    def __init__(self, args: Any, processing_class: Any, columns: list[str], where: str, check: bool = True) -> None:
+        self.args, self.columns, self.where, self.check = args, columns, where, check
+        self.text_only = processing_class is None or isinstance(processing_class, PreTrainedTokenizerBase)
+
+    def __call__(self, row: dict[str, Any], index: int) -> dict[str, Any]:
+        if self.check:
+            try:
+                kind, needed = _detect_format(list(row), getattr(self.args, "dataset_text_field", "text"))
+            except ValueError as err:
+                raise ValueError(f"{self.where}: row {index} {err}.") from None
+            for column in needed:
+                value = row.get(column)
+                if value is None:
+                    raise ValueError(f"{self.where}: column {column!r}, row {index} is missing (None); expected text.")
+                messages = "must" if column == "messages" else "no" if kind == "language-modeling" else "may"
+                _check_text(value, column, index, self.where, messages)
+        return {c: self._joined(row[c], c, index) for c in self.columns if isinstance(row.get(c), list)}
+
+    def _joined(self, messages: list[dict[str, Any]], column: str, index: int) -> list[dict[str, Any]]:
+        out = []
+        for turn, message in enumerate(messages):
+            content = message["content"]
+            if isinstance(content, list):
+                other = [part["type"] for part in content if part["type"] != "text"]
+                if other and self.text_only:
+                    raise ValueError(
+                        f"{self.where}: column {column!r}, row {index}, message {turn}: a {other[0]!r} content part, "
+                        "but the processing class is a text-only tokenizer; give the text, or a processor for it."
+                    )
+                if not other:
+                    content = "".join(part["text"] for part in content)
+            out.append({**message, "content": content})
+        return out

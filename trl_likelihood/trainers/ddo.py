@@ -46,7 +46,7 @@ from trl import SFTConfig, SFTTrainer
 
 from .. import _compat, engines
 from ..cards import CardInfo
-from ..data import validate_sft_datasets
+from ..data import checked_sft_datasets
 from ..generation import append_completions, sample_completions, sampling_seed
 from ..losses import IGNORE_INDEX, ddo_loss
 from ..ratio import adapter_disabled, build_reference, token_logps, trainable_snapshot, unwrap_ddp, weights_swapped
@@ -174,7 +174,9 @@ class DDOTrainer(CheckpointedMethodState, CardMixin, LossOnlyEvaluation, SFTTrai
         **kwargs,
     ):
         args = resolve_args("DDOTrainer", model, args, DDOConfig, kwargs)
-        validate_sft_datasets(train_dataset, eval_dataset, args)
+        train_dataset, eval_dataset = checked_sft_datasets(
+            train_dataset, eval_dataset, args, kwargs.get("processing_class")
+        )
         super().__init__(model, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset, **kwargs)
         if args.disable_dropout:
             _compat.disable_dropout_in_model(self.model)

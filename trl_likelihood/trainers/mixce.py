@@ -27,7 +27,7 @@ import torch
 from trl import SFTConfig, SFTTrainer
 
 from .. import _compat
-from ..data import validate_sft_datasets
+from ..data import checked_sft_datasets
 from ..losses import mixce_token_loss
 from .base import CardMixin, check_config_fields, check_sft_loss_fields, resolve_args
 
@@ -79,7 +79,9 @@ class MixCETrainer(CardMixin, SFTTrainer):
 
     def __init__(self, model: Any, args: MixCEConfig | None = None, train_dataset=None, eval_dataset=None, **kwargs):
         args = resolve_args("MixCETrainer", model, args, MixCEConfig, kwargs)
-        validate_sft_datasets(train_dataset, eval_dataset, args)
+        train_dataset, eval_dataset = checked_sft_datasets(
+            train_dataset, eval_dataset, args, kwargs.get("processing_class")
+        )
         super().__init__(model, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset, **kwargs)
         # Exact corpus-level NLL: token sums and counts, gathered across processes, reset at each log.
         self._nll_totals = {mode: torch.zeros(2, dtype=torch.float64) for mode in ("train", "eval")}

@@ -42,6 +42,7 @@ from typing import Any
 
 import torch
 from accelerate.logging import get_logger
+from datasets import IterableDataset
 from transformers import AutoTokenizer
 from trl import SFTConfig, SFTTrainer
 
@@ -58,7 +59,7 @@ from ..backspace import (
     with_trainable_token,
 )
 from ..cards import CardInfo
-from ..data import validate_sft_datasets
+from ..data import checked_sft_datasets
 from ..generation import sample_with_backspace, sampling_seed
 from ..losses import IGNORE_INDEX, action_nll, sequencematch_loss
 from .base import (
@@ -176,6 +177,19 @@ class SequenceMatchConfig(SFTConfig):
         check_sft_loss_fields(self, "SequenceMatch", whole_sequences="builds its own states")
 
 
+def _refuse_a_stream_it_must_index(train_dataset: Any, args: SequenceMatchConfig) -> None:
+    """Rollout prompts (``sm_weight`` > 0) and ``noise_source="data"`` are drawn from the training rows by index,
+    which a stream does not have; behaviour cloning with uniform noise reads the stream as SFT does."""
+    uses = [f"`{n}`={getattr(args, n)!r}" for n, on in (("sm_weight", args.sm_weight > 0),
+            ("noise_source", args.noise_source == "data")) if on]  # fmt: skip
+    if isinstance(train_dataset, IterableDataset) and uses:
+        raise ValueError(
+            f"train_dataset is an IterableDataset (streaming), but {' and '.join(uses)} draw rollout prompts and "
+            "noise tokens from the training rows by index. Load it without `streaming`, or train behaviour cloning "
+            "with backspace on the stream: `sm_weight=0` and `noise_source='uniform'`."
+        )
+
+
 class SequenceMatchTrainer(CheckpointedMethodState, CardMixin, LossOnlyEvaluation, SFTTrainer):
     """[`~trl.SFTTrainer`] on the same data, trained with SequenceMatch: ``<bkspc>``, noise, on-policy rollouts."""
 
@@ -196,7 +210,8 @@ class SequenceMatchTrainer(CheckpointedMethodState, CardMixin, LossOnlyEvaluatio
         **kwargs,
     ):
         args = resolve_args("SequenceMatchTrainer", model, args, SequenceMatchConfig, kwargs)
-        validate_sft_datasets(train_dataset, eval_dataset, args)
+        train_dataset, eval_dataset = checked_sft_datasets(train_dataset, eval_dataset, args, processing_class)
+        _refuse_a_stream_it_must_index(train_dataset, args)
         if isinstance(model, str):  # the token must be added before SFT wraps the model in PEFT
             model_id, kwargs_init = model, dict(args.model_init_kwargs or {})
             kwargs_init.setdefault("trust_remote_code", args.trust_remote_code)
