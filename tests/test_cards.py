@@ -7,15 +7,21 @@ import os
 import re
 from pathlib import Path
 
+import datasets
 import pytest
+import tokenizers
+import torch
+import transformers
+import trl
 from datasets import Dataset
 from huggingface_hub import ModelCard
 from peft import LoraConfig
 
+import trl_likelihood
 from tests.conftest import cpu_args
 from tests.tiny import CORPUS
 from trl_likelihood import MixCEConfig, MixCETrainer
-from trl_likelihood.cards import CardInfo, last_eval_metrics, public_model_name, render_card
+from trl_likelihood.cards import CardInfo, hub_model_id, last_eval_metrics, public_model_name, render_card
 
 FAKE_TOKEN = "hf_FakeCardTokenDoNotUse0123456789"
 
@@ -80,11 +86,15 @@ def test_lora_card_metadata(lora_run, tiny_model_dir):
     trainer, out = lora_run
     card = ModelCard.load(out / "README.md")
     assert card.data.library_name == "peft"
-    assert card.data.base_model == Path(tiny_model_dir).name and "/" not in card.data.base_model  # name, not path
+    assert card.data.base_model is None  # a local folder is no Hub id: its name must not pose as one
     assert {"trl", "trl-likelihood", "mixce"} <= set(card.data.tags)
     assert card.data.pipeline_tag == "text-generation"
     assert not card.data.datasets  # save_model() knows no dataset name
-    assert "a local model" in card.text and "base_model_name_or_path" in card.text  # says how to point at the base
+    assert (
+        f"A LoRA adapter for `{Path(tiny_model_dir).name}` (a local model, not a Hub id, so the metadata names no "
+        "`base_model`)" in card.text
+    )  # the folder's name, in the text only
+    assert "base_model_name_or_path" in card.text  # says how to point at the base
 
 
 def test_lora_card_text(lora_run, tiny_model_dir):
@@ -133,7 +143,7 @@ def test_full_finetune_card(full_run, tiny_model_dir):
     trainer, out = full_run
     card = ModelCard.load(out / "README.md")
     assert card.data.library_name == "transformers"
-    assert card.data.base_model == Path(tiny_model_dir).name
+    assert card.data.base_model is None and f"`{Path(tiny_model_dir).name}` (a local model" in card.text
     assert {"trl", "trl-likelihood", "mixce"} <= set(card.data.tags)
     code = quick_start(card)
     assert "AutoModelForCausalLM.from_pretrained" in code and "Peft" not in code
@@ -153,7 +163,7 @@ def test_checkpoint_folders_get_our_card(tiny_model_dir, tmp_path):
     data = Dataset.from_dict({"text": CORPUS[:8]})
     MixCETrainer(model=tiny_model_dir, args=args, train_dataset=data, peft_config=lora).train()
     card = ModelCard.load(tmp_path / "run" / "checkpoint-1" / "README.md")
-    assert card.data.library_name == "peft" and card.data.base_model == Path(tiny_model_dir).name
+    assert card.data.library_name == "peft" and card.data.base_model is None
     assert "mixce" in card.data.tags
     assert_nothing_local_or_secret(card.content, tmp_path, tiny_model_dir)
 
@@ -165,6 +175,46 @@ def test_public_model_name():
     assert public_model_name("./models/llama-7b") == "llama-7b"
     assert public_model_name("~/llama-7b") == "llama-7b"
     assert public_model_name(None) is None and public_model_name("") is None
+
+
+def test_hub_model_id(tmp_path, monkeypatch):
+    assert hub_model_id("Qwen/Qwen2.5-0.5B") == "Qwen/Qwen2.5-0.5B" and hub_model_id("gpt2") == "gpt2"
+    for local in ("/home/someone/llama-7b", "./llama-7b", "~/llama-7b", "models/meta/llama-7b", "C:\\models\\llama"):
+        assert hub_model_id(local) is None, local
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "models" / "llama-7b").mkdir(parents=True)
+    assert hub_model_id("models/llama-7b") is None  # shaped like a Hub id, but a folder here is what loads
+    assert hub_model_id(None) is None and hub_model_id("") is None
+
+
+def test_hub_base_of_a_trained_model_goes_into_the_metadata(full_run):
+    """The config's ``_name_or_path`` is the Hub id when the model came from the Hub (here set by hand)."""
+    trainer, _ = full_run
+    local, trainer.model.config._name_or_path = trainer.model.config._name_or_path, "Qwen/Qwen2.5-0.5B"
+    try:
+        info = CardInfo.from_trainer(trainer)
+    finally:
+        trainer.model.config._name_or_path = local
+    assert info.base_model == "Qwen/Qwen2.5-0.5B" and info.base_model_local is None
+
+
+@pytest.mark.parametrize("run", ["lora_run", "full_run"])
+def test_framework_versions_are_those_of_trl_cards_plus_ours(run, request):
+    _, out = request.getfixturevalue(run)
+    section = ModelCard.load(out / "README.md").text.split("### Framework versions", 1)[1].split("##", 1)[0]
+    expected = {
+        "trl-likelihood": trl_likelihood.__version__,
+        "TRL": trl.__version__,
+        "Transformers": transformers.__version__,
+        "PyTorch": torch.__version__,
+        "Datasets": datasets.__version__,
+        "Tokenizers": tokenizers.__version__,
+    }
+    if run == "lora_run":
+        import peft
+
+        expected["PEFT"] = peft.__version__
+    assert section.strip().splitlines() == [f"- {name}: {value}" for name, value in expected.items()]
 
 
 def test_last_eval_metrics_takes_the_last_evaluation():

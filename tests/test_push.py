@@ -130,7 +130,7 @@ def test_push_to_hub_uploads_model_tokenizer_and_card(fake_hub, tiny_model_dir, 
     readme.write_bytes(files["README.md"])
     card = ModelCard.load(readme)
     assert card.data.library_name == ("peft" if peft else "transformers")
-    assert card.data.base_model == Path(tiny_model_dir).name
+    assert card.data.base_model is None  # a local folder is no Hub id; the text names it
     assert card.data.datasets == ["user/tiny-corpus"]
     assert card.data.model_name == "tiny-mixce"
     loader = "AutoPeftModelForCausalLM" if peft else "AutoModelForCausalLM"

@@ -1,7 +1,8 @@
 """Model cards for what a trl-likelihood trainer saved, rendered from the Jinja templates in ``hub_cards/``.
 
 The metadata must be right for the artifact (``library_name: peft`` and ``base_model`` for an adapter) and must never
-leak a local path or a token: ``base_model`` falls back to the model's name when it was loaded from a local folder.
+leak a local path or a token: ``base_model`` is a Hub id or absent; a model loaded from a local folder is named (by the
+folder's last component) only in the text, which says why the metadata has no ``base_model``.
 """
 
 from __future__ import annotations
@@ -9,11 +10,13 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from importlib import resources
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
-import trl
 from huggingface_hub import ModelCard, ModelCardData
+
+from .data import hub_dataset_id
 
 TRL_CITATION = """\
 @software{vonwerra2020trl,
@@ -51,9 +54,26 @@ def template_path(name: str) -> Path:
     raise FileNotFoundError(f"Model-card template {name!r} is neither in the package nor in hub_cards/.")
 
 
+def looks_local(name_or_path: str) -> bool:
+    """A path meant to be on this machine, whether or not it exists: absolute, from ``.`` or ``~``, with a backslash,
+    or with more than one ``/`` (a Hub model id is ``name`` or ``owner/name``)."""
+    return (
+        os.path.isabs(name_or_path)
+        or name_or_path.startswith((".", "~"))
+        or "\\" in name_or_path
+        or name_or_path.count("/") > 1
+    )
+
+
 def is_local_path(name_or_path: str) -> bool:
-    """True for a path on this machine (absolute, relative to ``.`` or ``~``, or existing), false for a Hub id."""
-    return os.path.isabs(name_or_path) or os.path.exists(name_or_path) or name_or_path.startswith((".", "~"))
+    """True for a path on this machine (one that looks local, or exists), false for a Hub id."""
+    return looks_local(name_or_path) or os.path.exists(os.path.expanduser(name_or_path))
+
+
+def hub_model_id(name_or_path: str | None) -> str | None:
+    """``name_or_path`` if it is a Hub model id, ``None`` for a local folder: only a Hub id may be a card's
+    ``base_model`` (the Hub links it and lists the card under that model's fine-tunes)."""
+    return name_or_path if name_or_path and not is_local_path(name_or_path) else None
 
 
 def public_model_name(name_or_path: str | None) -> str | None:
@@ -65,14 +85,30 @@ def public_model_name(name_or_path: str | None) -> str | None:
     return name_or_path
 
 
+def framework_versions(is_adapter: bool) -> dict[str, str]:
+    """The versions TRL's cards list (TRL, Transformers, PyTorch, Datasets, Tokenizers), plus trl-likelihood's and,
+    for an adapter, PEFT's: what a reader needs to reproduce the run or load the files."""
+    from . import __version__
+
+    packages = {"TRL": "trl", "Transformers": "transformers", "PyTorch": "torch", "Datasets": "datasets"}
+    packages |= {"Tokenizers": "tokenizers", **({"PEFT": "peft"} if is_adapter else {})}
+    versions = {"trl-likelihood": __version__}
+    for label, package in packages.items():
+        try:
+            versions[label] = version(package)
+        except PackageNotFoundError:  # PEFT is optional for a full fine-tune only, but never fail a save over a card
+            continue
+    return versions
+
+
 @dataclass
 class CardInfo:
     """Everything a template needs, gathered from a trainer (or filled by hand for tests)."""
 
     model_name: str
     method: str
-    base_model: str | None = None
-    base_model_is_local: bool = False  # loaded from a folder: ``base_model`` is its name, not a Hub id
+    base_model: str | None = None  # a Hub id, never a local folder (see ``hub_model_id``)
+    base_model_local: str | None = None  # the local folder's name when the base came from one: for the text only
     is_adapter: bool = False
     datasets: list[str] = field(default_factory=list)
     tags: list[str] = field(default_factory=list)
@@ -82,9 +118,13 @@ class CardInfo:
     lora: dict[str, Any] = field(default_factory=dict)
     paper_id: str | None = None
     citation: str | None = None
-    trl_version: str = trl.__version__
     pipeline_tag: str | None = "text-generation"
     extra: dict[str, Any] = field(default_factory=dict)  # method-specific facts for its template
+
+    @property
+    def base_model_name(self) -> str | None:
+        """How the text names the base: its Hub id, else its local folder's name."""
+        return self.base_model or self.base_model_local
 
     @classmethod
     def from_trainer(
@@ -101,19 +141,19 @@ class CardInfo:
         else:
             base, lora = model.config._name_or_path, {}
         args = trainer.args
-        hub_model_id = getattr(trainer, "hub_model_id", None) or args.hub_model_id
-        name = model_name or (hub_model_id.split("/")[-1] if hub_model_id else Path(args.output_dir).name)
+        repo_id = getattr(trainer, "hub_model_id", None) or args.hub_model_id
+        name = model_name or (repo_id.split("/")[-1] if repo_id else Path(args.output_dir).name)
         datasets = [dataset_name] if isinstance(dataset_name, str) else list(dataset_name or [])
         extra_tags = [tags] if isinstance(tags, str) else list(tags or [])
         return cls(
             model_name=name,
             method=trainer._name,
-            base_model=public_model_name(base),
-            base_model_is_local=bool(base) and is_local_path(base),
+            base_model=hub_model_id(base),
+            base_model_local=None if hub_model_id(base) else public_model_name(base),
             is_adapter=is_adapter,
-            datasets=[d for d in datasets if d and not is_local_path(d)],  # a local file is no Hub dataset
+            datasets=[d for d in datasets if hub_dataset_id(d)],  # a local file is no Hub dataset
             tags=list(dict.fromkeys([*trainer._tag_names, *extra_tags])),
-            hub_model_id=hub_model_id,
+            hub_model_id=repo_id,
             hyperparameters={k: getattr(args, k) for k in _SHOWN_ARGS if hasattr(args, k)},
             eval_metrics=last_eval_metrics(trainer.state.log_history),
             lora=lora,
@@ -151,4 +191,5 @@ def render_card(template_name: str, info: CardInfo) -> ModelCard:
         info=info,
         repo_id=repo_id,
         trl_citation=TRL_CITATION,
+        framework_versions=framework_versions(info.is_adapter),
     )
