@@ -93,3 +93,21 @@ def test_sequencematch_trains_behaviour_cloning_on_a_stream(tiny_model_dir, tmp_
     )
     trainer.train()
     assert [h["step"] for h in trainer.state.log_history if "loss" in h] == [1, 2]
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_rows_dropped_by_truncation_are_counted_per_split(tiny_model_dir, tmp_path, caplog, name):
+    """SFT drops a row whose prompt fills ``max_length`` (nothing left to score) without a word: say how many."""
+    case = CASES[name]
+    long_prompt = " ".join(CORPUS[:8])  # far over max_length=64 tokens
+
+    def with_long_prompts(rows: list[dict], count: int) -> Dataset:
+        return Dataset.from_list([{**r, "prompt": long_prompt} if i < count else r for i, r in enumerate(rows)])
+
+    rows = case.dataset().to_list()
+    train, evaluation = with_long_prompts(rows, 3), with_long_prompts(rows[:8], 1)
+    with caplog.at_level("WARNING"):
+        trainer = case.trainer(tiny_model_dir, case.args(tmp_path, max_steps=1), train, eval_dataset=evaluation)
+    assert trainer.dropped_rows == {"train_dataset": 3, "eval_dataset": 1}
+    assert f"train_dataset: 3 of {len(rows)} rows dropped in preparation" in caplog.text
+    assert "eval_dataset: 1 of 8 rows dropped" in caplog.text
