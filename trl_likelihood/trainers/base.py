@@ -19,11 +19,14 @@ from collections.abc import Hashable, Iterator
 from typing import Any
 
 import torch
+from accelerate.logging import get_logger
 
 from .. import _compat
 from ..cards import CardInfo, is_local_path, public_model_name, render_card
 from ..method_settings import write_method_settings
 from .checkpoints import CompleteCheckpoints
+
+logger = get_logger(__name__)
 
 # Names of settings that carry credentials, at any depth of the training arguments (``hub_token``, a ``token`` in
 # ``model_init_kwargs`` to load a gated model, an ``api_key``...): ``torch.save(args)`` would publish them with the
@@ -126,26 +129,46 @@ def nonfinite_loss_message(loss: torch.Tensor | None, global_step: int) -> str:
 
 
 class NonEmptyPreparedData:
-    """After SFT's preparation, refuse a dataset that has no row left, naming why, before any training.
+    """After SFT's preparation, say how many rows each split lost and refuse one that has no row left, before any
+    training.
 
-    SFT drops the rows that truncation to ``max_length`` leaves without a scored token (a prompt that fills it); when
-    that is every row, ``Trainer`` would only fail at ``train()`` with torch's "num_samples=0".
+    SFT drops the rows that truncation to ``max_length`` leaves without a scored token (a prompt that fills it)
+    without a word; when that is every row, ``Trainer`` would only fail at ``train()`` with torch's "num_samples=0".
+    The count is logged per split and kept in ``dropped_rows`` (not for packed or streamed data, whose rows are not
+    counted).
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
+        given = _named_splits(kwargs.get("train_dataset"), kwargs.get("eval_dataset"))
         super().__init__(*args, **kwargs)
-        evals = self.eval_dataset if isinstance(self.eval_dataset, dict) else {"": self.eval_dataset}
-        named = {
-            "train_dataset": self.train_dataset,
-            **{f"eval_dataset[{k!r}]" if k else "eval_dataset": v for k, v in evals.items()},
-        }
-        for where, dataset in named.items():
+        self.dropped_rows: dict[str, int] = {}
+        for where, dataset in _named_splits(self.train_dataset, self.eval_dataset).items():
             if dataset is not None and hasattr(dataset, "__len__") and len(dataset) == 0:
                 raise ValueError(
                     f"{where} has no usable rows after preparation: every row lost its scored tokens (empty "
                     f"completion, or a prompt at least `max_length`={self.args.max_length} tokens long, so the "
                     "completion was truncated away). Raise `max_length` or shorten the prompts."
                 )
+            before = given.get(where)
+            if self.args.packing or not (hasattr(before, "__len__") and hasattr(dataset, "__len__")):
+                continue
+            self.dropped_rows[where] = len(before) - len(dataset)
+            if self.dropped_rows[where] > 0:
+                logger.warning(
+                    "%s: %d of %d rows dropped in preparation: truncated to `max_length`=%s they kept no scored "
+                    "token (a prompt at least that long, or an empty completion). Raise `max_length` or shorten "
+                    "the prompts.",
+                    where,
+                    self.dropped_rows[where],
+                    len(before),
+                    self.args.max_length,
+                )
+
+
+def _named_splits(train_dataset: Any, eval_dataset: Any) -> dict[str, Any]:
+    evals = eval_dataset if isinstance(eval_dataset, dict) else {"": eval_dataset}
+    named = {f"eval_dataset[{k!r}]" if k else "eval_dataset": v for k, v in evals.items()}
+    return {"train_dataset": train_dataset, **named}
 
 
 class FreshEvaluationMetrics:
