@@ -3,6 +3,8 @@ and a bad row deep in a stream. Each trains as its text would, or is refused wit
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from datasets import Dataset
 
@@ -111,3 +113,31 @@ def test_rows_dropped_by_truncation_are_counted_per_split(tiny_model_dir, tmp_pa
     assert trainer.dropped_rows == {"train_dataset": 3, "eval_dataset": 1}
     assert f"train_dataset: 3 of {len(rows)} rows dropped in preparation" in caplog.text
     assert "eval_dataset: 1 of 8 rows dropped" in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("fake", "real", "max_new_tokens", "length_normalize", "advice"),
+    [
+        (2.0, 10.0, 2, False, r"`max_new_tokens`=2 cuts the fakes short: raise it, or leave it unset"),
+        (2.0, 10.0, 2, True, r"`max_new_tokens`=2 cuts the fakes short"),  # normalising does not undo a cut
+        (2.0, 10.0, None, False, r"ends its samples early: `length_normalize=True`"),
+        (20.0, 10.0, 30, False, r"runs on where the data stops: `length_normalize=True` .*, or lower `max_new_t"),
+        (20.0, 10.0, None, True, None),
+        (9.0, 10.0, 2, False, None),
+    ],
+)
+def test_ddo_length_advice_fits_the_cause(fake, real, max_new_tokens, length_normalize, advice):
+    from trl_likelihood.trainers.ddo import length_mismatch_advice
+
+    said = length_mismatch_advice(fake, real, max_new_tokens, length_normalize)
+    assert said is None if advice is None else re.search(advice, said)
+
+
+def test_ddo_length_warning_is_said_once(tiny_model_dir, tmp_path, caplog):
+    case = CASES["ddo"]
+    args = case.args(tmp_path, {"max_new_tokens": 1}, max_steps=3, logging_steps=1)
+    trainer = case.trainer(tiny_model_dir, args)
+    with caplog.at_level("WARNING"):
+        trainer.train()
+    said = [r.getMessage() for r in caplog.records if "Fake mean length" in r.getMessage()]
+    assert len(said) == 1 and "`max_new_tokens`=1 cuts the fakes short" in said[0]

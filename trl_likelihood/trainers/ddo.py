@@ -155,6 +155,30 @@ class DDOConfig(SFTConfig):
         check_sft_loss_fields(self, "DDO", whole_sequences="scores whole sequences")
 
 
+def length_mismatch_advice(
+    fake: float, real: float, max_new_tokens: int | None, length_normalize: bool = False
+) -> str | None:
+    """What to change when the fakes' mean length is off the real rows' by more than 3/2 either way (DDO may then
+    learn length instead of content), fitted to the cause; ``None`` when the lengths are close, or when per-token
+    log-ratios already take length out and no setting of ours shortens the fakes."""
+    if 2 / 3 <= fake / max(real, 1e-9) <= 3 / 2:
+        return None
+    said = f"Fake mean length {fake:.1f} vs real {real:.1f}: DDO may learn length instead of content. "
+    if fake < real and max_new_tokens is not None and max_new_tokens < real:
+        return said + (
+            f"`max_new_tokens`={max_new_tokens} cuts the fakes short: raise it, or leave it unset (each batch's "
+            "longest real completion)."
+        )
+    if length_normalize:
+        return None
+    if fake < real:
+        return said + "The reference ends its samples early: `length_normalize=True` compares per-token log-ratios."
+    return said + (
+        "The reference runs on where the data stops: `length_normalize=True` compares per-token log-ratios"
+        + (f", or lower `max_new_tokens`={max_new_tokens}." if max_new_tokens is not None else ".")
+    )
+
+
 class DDOTrainer(CheckpointedMethodState, CardMixin, LossOnlyEvaluation, SFTTrainer):
     """[`~trl.SFTTrainer`] on the same data, trained with DDO against reference samples; self-play rounds."""
 
@@ -194,6 +218,7 @@ class DDOTrainer(CheckpointedMethodState, CardMixin, LossOnlyEvaluation, SFTTrai
             )
         self._round = 0
         self._rounds_checked = False
+        self._length_warned = False
         self._ref_snapshot: dict[str, torch.Tensor] | None = None  # PEFT, rounds >= 2: the reference's weights
         self._pool: dict[tuple[int, ...], list[int]] = {}
         self._micro_index = MicroBatchIndex()
@@ -395,14 +420,15 @@ class DDOTrainer(CheckpointedMethodState, CardMixin, LossOnlyEvaluation, SFTTrai
             store["ddo/round"] = [self._round + 1]
             if mode == "train" and self._times["step"] > 0:
                 store["ddo/sampling_time_share"] = [self._times["sampling"] / self._times["step"]]
-            real, fake = store["ddo/real_length"][0], store["ddo/fake_length"][0]
-            if not 2 / 3 <= fake / max(real, 1e-9) <= 3 / 2:
-                logger.warning(
-                    "Fake mean length %.1f vs real %.1f: DDO may learn length instead of content (set "
-                    "`max_new_tokens`, or `length_normalize=True`).",
-                    fake,
-                    real,
-                )
+            advice = length_mismatch_advice(
+                store["ddo/fake_length"][0],
+                store["ddo/real_length"][0],
+                self.args.max_new_tokens,
+                self.args.length_normalize,
+            )
+            if advice and not self._length_warned:
+                logger.warning(advice)
+                self._length_warned = True  # once a run: the cause does not change from one log to the next
         self._rows[mode] = []
         if mode == "train":  # an evaluation log must not cut the training window the sampling share covers
             self._times = {"sampling": 0.0, "step": 0.0}
