@@ -10,6 +10,7 @@ import sys
 import pytest
 import transformers
 import yaml
+from datasets import Dataset
 
 from tests.conftest import cpu_args
 from tests.tiny import CORPUS
@@ -202,8 +203,11 @@ def test_eval_split_is_used_when_evaluating(write_config, tmp_path, data_file):
         ({"dataset_name": None}, [], "No training data: pass --dataset_name"),
         ({"dataset_name": "data/nowhere.jsonl"}, [], "'data/nowhere.jsonl' does not exist"),
         ({}, ["--dataset_train_split", "training"], "has no split 'training' (--dataset_train_split); its splits"),
-        ({"eval_strategy": "steps"}, [], "needs an evaluation split, but --dataset_name"),
+        ({"eval_strategy": "steps"}, [], "--eval_strategy steps needs an evaluation split, but --dataset_name"),
         ({"model_name_or_path": None}, [], "No model: pass --model_name_or_path"),
+        ({"model_name_or_path": "./no/tiny-model"}, [], "Model './no/tiny-model' does not exist (resolved to '/"),
+        ({"model_name_or_path": "models/no/tiny"}, [], "Model 'models/no/tiny' does not exist"),  # not owner/name
+        ({"model_name_or_path": "tiny-modl"}, [], "--model_name_or_path 'tiny-modl' is no local folder (resolved to"),
         ({}, ["--load_in_4bit"], "--load_in_4bit / --load_in_8bit train only an adapter: add --use_peft"),
         ({"dataset_text_field": "body"}, [], "train_dataset has columns ['text']; expected a 'body' column"),
     ],
@@ -220,6 +224,33 @@ def test_bad_input_is_a_clear_error_before_training(write_config, tmp_path, caps
     assert message in err and "Traceback" not in err
     assert err.count("\n") <= 3  # the message, not a screen of usage
     assert not os.path.exists(tmp_path / "out" / "README.md")
+
+
+@pytest.mark.parametrize(
+    "name, content, message",
+    [
+        ("data.jsonl", '{"text": "a"}\n{"text": "b"}\n{"text": "c\n', "line 3, column 10: Unterminated string."),
+        ("data.jsonl", '{"text": "a"}\n\n[1, 2]\n', "line 3: expected one JSON object per line, got list [1, 2]."),
+        ("data.json", '[{"text": "a"},\n {"text": "b"}\n {"text": "c"}]\n', "line 3, column 2: Expecting ','"),
+        ("empty.jsonl", "", "is empty: it has no rows to train on."),
+        ("blank.jsonl", "\n\n", "is empty: it has no rows to train on."),
+    ],
+    ids=["bad-line", "not-an-object", "bad-json", "empty", "blank-lines"],
+)
+def test_unreadable_data_file_is_one_line_naming_file_and_line(write_config, tmp_path, capsys, name, content, message):
+    """``datasets`` raises a ``DatasetGenerationError`` (or a bare ``StopIteration`` on an empty file): one line, 2."""
+    (tmp_path / name).write_text(content)
+    assert cli.main(["mixce", "--config", write_config(dataset_name=str(tmp_path / name))]) == 2
+    err = capsys.readouterr().err
+    assert f"trl-likelihood mixce: error: {tmp_path / name} {message}" in err.splitlines()[-1]
+    assert "Traceback" not in err
+
+
+def test_trainer_names_a_missing_local_model(tmp_path):
+    """Not only the CLI: every trainer checks a local-looking path before transformers takes it for a Hub id."""
+    missing = str(tmp_path / "tiny-modl")
+    with pytest.raises(FileNotFoundError, match=f"Model '{missing}' does not exist"):
+        MixCETrainer(model=missing, train_dataset=Dataset.from_dict({"text": CORPUS[:4]}))
 
 
 def test_missing_config_file(capsys, tmp_path):

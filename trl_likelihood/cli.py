@@ -17,6 +17,12 @@ A new method is one entry in ``METHODS``: its config class, its trainer class an
 
 from __future__ import annotations
 
+import bz2
+import gzip
+import json
+import logging
+import lzma
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -25,6 +31,7 @@ from typing import Any
 
 from accelerate import PartialState
 from accelerate.logging import get_logger
+from datasets.exceptions import DatasetGenerationError
 from trl import (
     DatasetMixtureConfig,
     ModelConfig,
@@ -48,6 +55,7 @@ from .trainers import (
     SequenceMatchConfig,
     SequenceMatchTrainer,
 )
+from .trainers.base import check_model_path
 
 logger = get_logger(__name__)
 
@@ -130,9 +138,7 @@ def load_splits(script_args: ScriptArguments, training_args: Any, dataset_args: 
         dataset = get_dataset(dataset_args)
         source = "the `datasets` mixture"
     elif script_args.dataset_name:
-        dataset = load_training_dataset(
-            script_args.dataset_name, script_args.dataset_config, streaming=script_args.dataset_streaming
-        )
+        dataset = load_data_file_or_hub(script_args)
         source = f"--dataset_name {script_args.dataset_name!r}"
     else:
         raise ValueError(
@@ -147,13 +153,73 @@ def load_splits(script_args: ScriptArguments, training_args: Any, dataset_args: 
     eval_dataset = None
     if training_args.eval_strategy != "no":
         if test_split not in dataset:
+            strategy = getattr(training_args.eval_strategy, "value", training_args.eval_strategy)  # not its repr
             raise ValueError(
-                f"--eval_strategy {training_args.eval_strategy!r} needs an evaluation split, but {source} has no "
+                f"--eval_strategy {strategy} needs an evaluation split, but {source} has no "
                 f"split {test_split!r} (--dataset_test_split); its splits are {list(dataset)}. Set "
                 "--dataset_test_split, --test_split_size in a mixture, or --eval_strategy no."
             )
         eval_dataset = dataset[test_split]
     return dataset[train_split], eval_dataset
+
+
+_OPENERS = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}
+
+
+def load_data_file_or_hub(script_args: ScriptArguments):
+    """``load_training_dataset`` for ``--dataset_name``; a local file that ``datasets`` cannot read becomes one line
+    naming the file and, for JSON, the line (``datasets`` raises a ``DatasetGenerationError``, or a bare
+    ``StopIteration`` for an empty file, with the reason two causes deep)."""
+    name = script_args.dataset_name
+    json_log = logging.getLogger("datasets.packaged_modules.json.json")
+    level = json_log.level
+    json_log.setLevel(logging.CRITICAL)  # its "Failed to load JSON ... in row 2" counts rows from 0, blocks apart
+    try:
+        return load_training_dataset(name, script_args.dataset_config, streaming=script_args.dataset_streaming)
+    except (DatasetGenerationError, StopIteration, ValueError) as err:
+        path = os.path.expanduser(name)
+        if not os.path.isfile(path):
+            raise
+        problem = json_file_problem(path)
+        if problem:
+            raise ValueError(f"{name} {problem}") from None
+        if isinstance(err, ValueError) and err.__cause__ is None:
+            raise  # our own refusal (e.g. an unsupported suffix), already one clear line
+        reason = err.__cause__ or err  # DatasetGenerationError itself says only "An error occurred"
+        raise ValueError(f"{name} could not be read: {type(reason).__name__}: {reason}") from None
+    finally:
+        json_log.setLevel(level)
+
+
+def json_file_problem(path: str) -> str | None:
+    """Where a ``.json``/``.jsonl`` file (plain or compressed) stops being rows: ``"line N: reason"`` or ``"is empty:
+    ..."``; ``None`` for other files and when every line parses. Read only after ``datasets`` failed on it."""
+    root, ext = os.path.splitext(path.lower())
+    opener = _OPENERS.get(ext, open)
+    ext = os.path.splitext(root)[1] if ext in _OPENERS else ext
+    if ext not in (".json", ".jsonl"):
+        return None
+    with opener(path, "rt", encoding="utf-8", errors="replace") as f:
+        text = f.read()
+    if not text.strip():
+        return "is empty: it has no rows to train on."
+    if ext == ".json":
+        try:
+            json.loads(text)
+            return None
+        except json.JSONDecodeError as err:
+            if not err.msg.startswith("Extra data"):  # else JSON Lines under a .json name: read line by line
+                return f"line {err.lineno}, column {err.colno}: {err.msg.removesuffix(' starting at')}."
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as err:
+            return f"line {number}, column {err.colno}: {err.msg.removesuffix(' starting at')}."
+        if not isinstance(row, dict):
+            return f"line {number}: expected one JSON object per line, got {type(row).__name__} {line.strip():.40}."
+    return None
 
 
 def build_trainer(
@@ -171,15 +237,26 @@ def build_trainer(
         raise ValueError("No model: pass --model_name_or_path (a Hub id or a local folder).")
     if (model_args.load_in_4bit or model_args.load_in_8bit) and not model_args.use_peft:
         raise ValueError("--load_in_4bit / --load_in_8bit train only an adapter: add --use_peft.")
+    model = model_args.model_name_or_path
+    check_model_path(model)  # a mistyped local path, named before the data is read
     train_dataset, eval_dataset = load_splits(script_args, training_args, dataset_args)
     training_args.model_init_kwargs = model_init_kwargs(training_args, model_args)
-    return spec.trainer_class(
-        model=model_args.model_name_or_path,
-        args=training_args,
-        train_dataset=train_dataset,
-        eval_dataset=eval_dataset,
-        peft_config=get_peft_config(model_args),
-    )
+    try:
+        return spec.trainer_class(
+            model=model,
+            args=training_args,
+            train_dataset=train_dataset,
+            eval_dataset=eval_dataset,
+            peft_config=get_peft_config(model_args),
+        )
+    except OSError as err:
+        if os.path.exists(os.path.expanduser(model)):
+            raise
+        # Shaped like a Hub id (``name`` or ``owner/name``) and not here: transformers tried the Hub.
+        raise OSError(
+            f"--model_name_or_path {model!r} is no local folder (resolved to "
+            f"{os.path.abspath(os.path.expanduser(model))!r}) and could not be loaded as a Hub id: {err}"
+        ) from err
 
 
 def hub_datasets(script_args: ScriptArguments, dataset_args: DatasetMixtureConfig | None) -> list[str]:

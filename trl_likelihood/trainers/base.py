@@ -22,7 +22,7 @@ import torch
 from accelerate.logging import get_logger
 
 from .. import _compat
-from ..cards import CardInfo, is_local_path, public_model_name, render_card
+from ..cards import CardInfo, is_local_path, looks_local, public_model_name, render_card
 from ..method_settings import write_method_settings
 from .checkpoints import CompleteCheckpoints
 
@@ -258,8 +258,19 @@ class CardMixin(CompleteCheckpoints, FreshEvaluationMetrics, NonEmptyPreparedDat
             return super().push_to_hub(*args, **kwargs)
 
 
+def check_model_path(model: Any) -> None:
+    """A model path meant to be local (``cards.looks_local``) that does not exist is named here: transformers would
+    take it for a Hub id and fail with a repo-id or "couldn't connect to huggingface.co" error instead."""
+    if isinstance(model, str) and looks_local(model) and not os.path.exists(os.path.expanduser(model)):
+        raise FileNotFoundError(
+            f"Model {model!r} does not exist (resolved to {os.path.abspath(os.path.expanduser(model))!r}); expected "
+            "a local model folder or a Hub model id like 'Qwen/Qwen2-0.5B'."
+        )
+
+
 def resolve_args(trainer_name: str, model: Any, args: Any, config_class: type, kwargs: dict[str, Any]) -> Any:
     """TRL's default ``args`` (``<model name>-<method>`` as output dir) and the checks every trainer here shares."""
+    check_model_path(model)
     if args is None:
         name = model if isinstance(model, str) else model.config._name_or_path
         args = config_class(f"{str(name).split('/')[-1]}-{config_class.__name__.removesuffix('Config')}")
