@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import torch
 from transformers import AutoModelForCausalLM
 
@@ -38,3 +40,43 @@ def test_metrics_store_and_sft_metrics(tiny_model_dir, lm_dataset, tmp_path):
     _compat.record_sft_metrics(trainer, batch, outputs, "train")
     assert store["num_tokens"] == [batch["attention_mask"].sum().item()]
     assert 0.0 <= store["mean_token_accuracy"][-1] <= 1.0 and store["entropy"][-1] > 0
+
+
+def test_calling_callback_handler_finds_the_handler_of_an_event():
+    from transformers import TrainerCallback, TrainingArguments
+    from transformers.trainer_callback import CallbackHandler, DefaultFlowCallback, TrainerControl, TrainerState
+
+    seen = []
+
+    class Probe(TrainerCallback):
+        def on_init_end(self, args, state, control, **kwargs):
+            seen.append(_compat.calling_callback_handler())
+
+    handler = CallbackHandler([DefaultFlowCallback(), Probe()], None, None, None, None)
+    handler.on_init_end(TrainingArguments("unused", report_to="none"), TrainerState(), TrainerControl())
+    assert seen == [handler] and _compat.calling_callback_handler() is None
+
+
+def test_uploads_staged_uploads_a_prepared_copy_and_leaves_the_folder(tmp_path, monkeypatch):
+    import transformers.trainer
+
+    sent = {}
+
+    class Api:
+        def upload_folder(self, **kwargs):
+            folder = kwargs["folder_path"]
+            sent.update({n: open(os.path.join(folder, n)).read() for n in sorted(os.listdir(folder))})
+            return "done"
+
+    monkeypatch.setattr(transformers.trainer, "hf_api", lambda: Api())
+    (tmp_path / "config.json").write_text("local")
+    (tmp_path / "_ignored").write_text("x")
+
+    def prepare(folder: str) -> None:
+        with open(os.path.join(folder, "config.json"), "w") as f:
+            f.write("public")
+
+    with _compat.uploads_staged(prepare):
+        result = transformers.trainer.hf_api().upload_folder(folder_path=str(tmp_path), ignore_patterns=["_*"])
+    assert result == "done" and sent == {"config.json": "public"}
+    assert (tmp_path / "config.json").read_text() == "local"

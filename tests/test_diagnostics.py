@@ -115,7 +115,10 @@ class _Recorder(TrainerCallback):
         self.keys |= set(logs or {})
 
 
-def test_callback_with_trl_dpo_trainer(tiny_model_dir, preference_dataset, tmp_path, caplog):
+@pytest.mark.parametrize("register", ["callbacks", "add_callback", "attach"])
+def test_callback_with_trl_dpo_trainer(tiny_model_dir, preference_dataset, tmp_path, caplog, register):
+    """Every way to register it (the README's ``callbacks=[diag]`` first) lets a reporter registered before it (as
+    transformers registers W&B and TensorBoard) see the values."""
     probe = preference_dataset.select(range(4))
     callback = LikelihoodDiagnosticsCallback(probe, topk_mass_threshold=0.0)  # any mass crosses it: warns at once
     reporter = _Recorder()
@@ -124,10 +127,14 @@ def test_callback_with_trl_dpo_trainer(tiny_model_dir, preference_dataset, tmp_p
         args=DPOConfig(str(tmp_path), **cpu_args()),
         train_dataset=preference_dataset,
         eval_dataset=probe,
-        callbacks=[reporter],
+        callbacks=[reporter, callback] if register == "callbacks" else [reporter],
     )
-    callback.attach(trainer)
-    assert trainer.callback_handler.callbacks[0] is callback
+    if register == "add_callback":
+        trainer.add_callback(callback)
+    elif register == "attach":
+        callback.attach(trainer)
+    assert trainer.callback_handler.callbacks.count(callback) == 1
+    assert register == "add_callback" or trainer.callback_handler.callbacks[0] is callback
     with caplog.at_level(logging.WARNING, logger="trl_likelihood.diagnostics"):
         trainer.train()
         metrics = trainer.evaluate()
@@ -135,7 +142,8 @@ def test_callback_with_trl_dpo_trainer(tiny_model_dir, preference_dataset, tmp_p
     assert len(steps) == 3
     for entry in steps:
         assert all(math.isfinite(entry[f"diagnostics/{k}"]) for k in KEYS)
-    assert {f"diagnostics/{k}" for k in KEYS} <= reporter.keys  # attached first, so reporters see the values
+    assert trainer.callback_handler.callbacks[0] is callback
+    assert {f"diagnostics/{k}" for k in KEYS} <= reporter.keys  # run first, so reporters see the values
     # The probe is the eval set and `chosen` its completion: TRL's own eval log-prob of the chosen responses
     assert metrics["eval_diagnostics/probe_logp"] == pytest.approx(metrics["eval_logps/chosen"], rel=1e-5)
     assert trainer.state.log_history[-1]["eval_diagnostics/probe_logp"] == metrics["eval_diagnostics/probe_logp"]

@@ -177,3 +177,13 @@ def test_wheel_ships_the_metric_modules(tmp_path):
     for name in evaluate_metrics.METRICS:
         assert f"trl_likelihood/evaluate_metrics/{name}/{name}.py" in names
     assert "trl_likelihood/evaluate_metrics/__init__.py" in names and "trl_likelihood/lab/text_metrics.py" in names
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"), [("step_auroc", {"step_auroc": 1.0}), ("reverse_cross_entropy", {"reverse_nll": 23 / 30})]
+)
+def test_readme_examples_run_as_written(name, expected):
+    """The README's examples with literal inputs are the inputs' real shapes (a flat list once was not)."""
+    readme = (Path(__file__).parents[1] / "README.md").read_text(encoding="utf-8")
+    line = next(ln for ln in readme.splitlines() if ln.startswith(f'evaluate_metrics.load("{name}").compute('))
+    assert eval(line, {"evaluate_metrics": evaluate_metrics}) == pytest.approx(expected)

@@ -159,3 +159,24 @@ def _link_or_copy(source: str, target: str) -> None:
         os.link(source, target)
     except OSError:  # another file system, or links not allowed
         shutil.copy2(source, target)
+
+
+def calling_callback_handler() -> Any:
+    """The ``transformers.CallbackHandler`` whose event is calling the current callback method, or ``None``.
+
+    Events carry no handle on the trainer or its callback list (transformers 5: ``CallbackHandler.call_event`` loops
+    over ``self.callbacks`` and calls each); a callback that must run before the reporters finds the list here.
+    """
+    import sys
+
+    from transformers.trainer_callback import CallbackHandler
+
+    frame = sys._getframe(1)
+    for _ in range(4):  # the callback's method (and its helpers), then call_event
+        if frame is None:
+            return None
+        handler = frame.f_locals.get("self")
+        if frame.f_code.co_name == "call_event" and isinstance(handler, CallbackHandler):
+            return handler
+        frame = frame.f_back
+    return None

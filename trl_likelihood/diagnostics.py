@@ -25,6 +25,8 @@ from typing import Any
 import torch
 from transformers import PreTrainedTokenizerBase, TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
+from . import _compat
+
 logger = logging.getLogger(__name__)
 
 PREFIX = "diagnostics/"
@@ -152,8 +154,10 @@ class LikelihoodDiagnosticsCallback(TrainerCallback):
 
     Logging: the values are added to the logs of every logging step (``diagnostics/<name>``) and of every evaluation
     (``eval_diagnostics/<name>``, also in the dict ``trainer.evaluate()`` returns), so they are in
-    ``trainer.state.log_history``. Reporters (W&B, TensorBoard) are callbacks that run before user callbacks; to let
-    them see the values, register with ``callback.attach(trainer)``, which puts this callback first.
+    ``trainer.state.log_history``. Reporters (W&B, TensorBoard) are callbacks that transformers registers before the
+    user's ``callbacks=[...]``; so that they see the values, the callback moves itself to the front of the trainer's
+    callbacks when the trainer is built (``on_init_end``) or training starts. ``callback.attach(trainer)`` does the
+    same explicitly.
 
     Multi-process: every process scores the whole probe with its own copy of the model, so values are identical on
     every rank, no communication is needed, and sharded models (FSDP, ZeRO-3) run the same forwards on every rank;
@@ -233,8 +237,19 @@ class LikelihoodDiagnosticsCallback(TrainerCallback):
                     values["topk_entropy"],
                 )
 
+    def on_init_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs):
+        """Run before the reporters, so that their ``on_log`` carries the diagnostics."""
+        self._run_first()
+
+    def _run_first(self) -> None:
+        handler = _compat.calling_callback_handler()
+        if handler is not None and handler.callbacks[0] is not self:
+            handler.callbacks.remove(self)  # the handler's loop goes on with the next callback: none is skipped
+            handler.callbacks.insert(0, self)
+
     def on_train_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs):
         """The baseline: the probe's log-likelihood under the model before its first step."""
+        self._run_first()  # also for a callback added after the trainer was built (``trainer.add_callback``)
         if self.initial is None and kwargs.get("model") is not None:
             values = self.compute(kwargs["model"], kwargs.get("processing_class"))
             self.history.append({"step": state.global_step, "stage": "start", **values})
