@@ -4,16 +4,8 @@ Generation with ``<bkspc>`` is an MDP whose state is the prompt plus the complet
 (ALGORITHMS.md 3(a)). A trajectory is stored as the physical token stream after the prompt: every emitted token,
 including noise tokens (folded into the transition, variant A of 3(a): they are never actions) and ``<bkspc>``.
 
-Decision states: ``u_i`` is the alive token list just before action ``i`` (non-action tokens emitted before it, such
-as a noise token or a forced prefix, are part of the transition, so they are in ``u_i``); ``u_T`` is the alive list
-at the end of the stream. ``replay_states`` builds them one by one (the reference, ALGORITHMS.md 3(b) option A).
-``parallel_states`` + ``collate_states`` + ``state_logits`` get the logits of all of them from one forward pass
-(option B): the physical stream is fed once, each position attends to exactly the tokens alive in its own state, with
-position ids counted inside the alive sequence. A token ``q`` that is alive at position ``p`` saw, when it was
-processed, exactly the alive prefix in front of it (a backspace only deletes the last alive token, so nothing in
-front of ``q`` can die while ``q`` lives), hence every hidden state equals the one of the state run on its own. The
-logits of a state are read at the physical position of its last alive token; a ``<bkspc>`` position's output is
-never used.
+The decision states those trajectories pass through, and their logits from one forward pass, are in ``states``
+(``replay_states``, ``states_batch``, ``state_logits``); their names are also importable from here.
 
 Under LoRA, ``with_trainable_token`` makes the ``<bkspc>`` output row trainable (PEFT's ``trainable_token_indices``)
 and ``saving_token_rows_only`` keeps the saved adapter to that row instead of both resized embedding matrices.
@@ -221,192 +213,6 @@ def _draw_noise(choices: tuple[int, ...], token: int, rng: random.Random) -> int
             return noise
 
 
-# ----------------------------------------------------------------------------------------------------------------
-# Decision states
-
-
-def replay_states(traj: Trajectory, bkspc_id: int) -> list[list[int]]:
-    """The ``T + 1`` decision states' alive token lists, prompt included (the naive reference, one list per state).
-
-    ``u_i`` is the alive list just before action ``i`` (non-action tokens before it included); ``u_T`` the alive
-    list at the end of the stream. A ``<bkspc>`` at an empty completion deletes nothing.
-    """
-    alive = list(traj.prompt)
-    states: list[list[int]] = []
-    for token, is_action in zip(traj.stream, traj.is_action):
-        if is_action:
-            states.append(list(alive))
-        if token != bkspc_id:
-            alive.append(token)
-        elif len(alive) > len(traj.prompt):
-            alive.pop()
-    states.append(alive)
-    return states
-
-
-@dataclass
-class ParallelStates:
-    """One trajectory laid out for a single forward pass that yields the logits of all its decision states.
-
-    Attributes:
-        input_ids: ``(L,)`` long, prompt then stream (``L = len(prompt) + len(stream)``).
-        position_ids: ``(L,)`` long, the index of each token inside the alive sequence it was appended to (a
-            ``<bkspc>`` gets the index it would have had; its output is never read and nothing attends to it).
-        attention_mask: ``(L, L)`` bool, ``[p, q]`` true when position ``p`` attends to ``q``: exactly the tokens alive
-            in the state after processing ``p`` (``p`` itself included); a ``<bkspc>`` row attends only to itself.
-        state_index: ``(T + 1,)`` long, the physical position of the last alive token of ``u_i``, whose output
-            logits are ``u_i``'s next-token logits.
-        actions: ``(T,)`` long, the actions ``a_0 .. a_{T-1}`` (noise tokens left out).
-    """
-
-    input_ids: torch.Tensor
-    position_ids: torch.Tensor
-    attention_mask: torch.Tensor
-    state_index: torch.Tensor
-    actions: torch.Tensor
-
-
-def parallel_states(traj: Trajectory, bkspc_id: int) -> ParallelStates:
-    """Lay ``traj`` out for one forward pass (ALGORITHMS.md 3(b) option B); equals ``replay_states`` state by state.
-
-    A token is alive at row ``p`` when it was appended at or before ``p`` and is deleted after ``p`` (its "death" is
-    the position of the ``<bkspc>`` that deletes it), so the mask is built from one pass over the stream.
-    """
-    n_prompt, length = len(traj.prompt), len(traj.prompt) + len(traj.stream)
-    alive = list(range(n_prompt))  # physical positions of the alive tokens
-    position = list(range(n_prompt)) + [0] * len(traj.stream)
-    death = [length] * length  # the first row at which a token is no longer alive
-    state_index: list[int] = []
-    for offset, (token, is_action) in enumerate(zip(traj.stream, traj.is_action)):
-        p = n_prompt + offset
-        if is_action:
-            state_index.append(alive[-1])
-        position[p] = len(alive)
-        if token != bkspc_id:
-            alive.append(p)
-            continue
-        death[p] = p  # a backspace is never attended to, except by its own row
-        if len(alive) > n_prompt:
-            death[alive.pop()] = p
-    state_index.append(alive[-1])
-    rows = torch.arange(length)
-    mask = (rows[None, :] <= rows[:, None]) & (torch.tensor(death)[None, :] > rows[:, None])
-    is_bkspc = torch.zeros(length, dtype=torch.bool)
-    is_bkspc[n_prompt:] = torch.tensor(traj.stream, dtype=torch.long) == bkspc_id
-    mask[is_bkspc] = torch.eye(length, dtype=torch.bool)[is_bkspc]
-    return ParallelStates(
-        input_ids=torch.tensor(traj.prompt + traj.stream, dtype=torch.long),
-        position_ids=torch.tensor(position, dtype=torch.long),
-        attention_mask=mask,
-        state_index=torch.tensor(state_index, dtype=torch.long),
-        actions=torch.tensor(traj.actions, dtype=torch.long),
-    )
-
-
-def collate_states(
-    items: Sequence[ParallelStates],
-    pad_token_id: int,
-    dtype: torch.dtype = torch.float32,
-    eos_token_id: int | None = None,
-) -> dict[str, torch.Tensor]:
-    """Right-pad a batch of ``ParallelStates`` for ``state_logits`` and the SequenceMatch loss.
-
-    Returns:
-        ``input_ids`` ``(B, L)`` (``pad_token_id`` after each row), ``position_ids`` ``(B, L)`` (0 on padding),
-        ``attention_mask`` ``(B, 1, L, L)`` additive ``dtype`` (0 where attended, ``finfo(dtype).min`` elsewhere;
-        a padding row attends to itself only, so no row is empty), ``state_index`` ``(B, T + 1)`` and ``state_mask``
-        bool, ``actions`` ``(B, T)`` and ``action_mask`` bool (padding 0 / false), ``terminated`` ``(B,)`` bool: the
-        last action is ``eos_token_id`` (all false when it is ``None``).
-    """
-    batch, length = len(items), max(len(it.input_ids) for it in items)
-    steps = max(len(it.actions) for it in items)
-    input_ids = torch.full((batch, length), pad_token_id, dtype=torch.long)
-    position_ids = torch.zeros(batch, length, dtype=torch.long)
-    allowed = torch.eye(length, dtype=torch.bool).repeat(batch, 1, 1)
-    state_index = torch.zeros(batch, steps + 1, dtype=torch.long)
-    actions = torch.zeros(batch, steps, dtype=torch.long)
-    state_mask = torch.zeros(batch, steps + 1, dtype=torch.bool)
-    action_mask = torch.zeros(batch, steps, dtype=torch.bool)
-    terminated = torch.zeros(batch, dtype=torch.bool)
-    for b, it in enumerate(items):
-        n, t = len(it.input_ids), len(it.actions)
-        input_ids[b, :n], position_ids[b, :n], allowed[b, :n, :n] = it.input_ids, it.position_ids, it.attention_mask
-        state_index[b, : t + 1], state_mask[b, : t + 1] = it.state_index, True
-        actions[b, :t], action_mask[b, :t] = it.actions, True
-        terminated[b] = eos_token_id is not None and t > 0 and int(it.actions[-1]) == eos_token_id
-    additive = torch.zeros(batch, 1, length, length, dtype=dtype).masked_fill(
-        ~allowed[:, None], torch.finfo(dtype).min
-    )
-    return {
-        "input_ids": input_ids,
-        "position_ids": position_ids,
-        "attention_mask": additive,
-        "state_index": state_index,
-        "state_mask": state_mask,
-        "actions": actions,
-        "action_mask": action_mask,
-        "terminated": terminated,
-    }
-
-
-def _mask_for(model: torch.nn.Module, mask: torch.Tensor) -> torch.Tensor:
-    """The 4-D custom mask in the form the model's attention implementation needs.
-
-    Checked on transformers 5.24 (``masking_utils._preprocess_mask_arguments``): any 4-D tensor is returned as-is,
-    with no causal mask combined and no dtype conversion, and reaches the attention function unchanged. There,
-    ``eager`` (and ``flex_attention``'s ``score_mod``) *add* it to the scores, so a bool mask would silently add 0/1
-    (measured: logits off by ~0.08 on the tiny Qwen2) and it must be additive float; ``sdpa`` takes bool (true =
-    attend) or an additive float, and gets bool here, which has no dtype to match under autocast; the flash-attention
-    kernels take only a 2-D padding mask and ignore the custom one, so they are refused. Sliding-window layers are
-    refused too: their window would be dropped, as the 4-D mask replaces the window mask.
-    """
-    config = getattr(_base_model(model), "config", None)
-    implementation = str(getattr(config, "_attn_implementation", None) or "eager")
-    if "flash" in implementation:
-        raise ValueError(
-            f"`state_logits` needs a custom 4-D attention mask, which attn_implementation={implementation!r} does not "
-            "apply; load the model with attn_implementation='sdpa' or 'eager'."
-        )
-    window = getattr(config, "sliding_window", None)
-    if window and "sliding_attention" in (getattr(config, "layer_types", None) or []) and mask.shape[-1] > window:
-        raise ValueError(f"Sequences of {mask.shape[-1]} tokens exceed the model's sliding window ({window}).")
-    allowed = mask if mask.dtype == torch.bool else mask == 0
-    if implementation == "sdpa":
-        return allowed
-    dtype = _base_model(model).get_input_embeddings().weight.dtype
-    if mask.dtype == dtype:
-        return mask
-    return torch.zeros(allowed.shape, dtype=dtype, device=mask.device).masked_fill(~allowed, torch.finfo(dtype).min)
-
-
-def state_logits(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """The next-token logits of every decision state, ``(B, T + 1, V)``, from one forward pass.
-
-    Args:
-        model: a Hugging Face causal LM (PEFT- or DDP-wrapped allowed) with ``attn_implementation`` ``"sdpa"``,
-            ``"eager"`` or ``"flex_attention"``.
-        batch: ``collate_states``'s output on the model's device; its ``attention_mask`` may be additive float of
-            any dtype or bool (true = attend), and is converted for the implementation (see ``_mask_for``).
-    Returns:
-        Logits in the model's output dtype; entries where ``state_mask`` is false are padding (some position's
-        logits, to be masked). Only the positions from the earliest state on are projected to the vocabulary
-        (``logits_to_keep``), so the prompt's logits are never built.
-    """
-    state_index, state_mask = batch["state_index"], batch["state_mask"]
-    length = batch["input_ids"].shape[1]
-    first = int(state_index[state_mask].min()) if bool(state_mask.any()) else 0
-    outputs = model(
-        input_ids=batch["input_ids"],
-        attention_mask=_mask_for(model, batch["attention_mask"]),
-        position_ids=batch["position_ids"],
-        use_cache=False,
-        logits_to_keep=length - first,
-    )
-    index = (state_index - first).clamp(min=0)
-    rows = torch.arange(index.shape[0], device=index.device)[:, None]
-    return outputs.logits[rows, index]
-
-
 # ----- PEFT: train and save the new token's rows only
 
 
@@ -449,3 +255,15 @@ def with_trainable_token(peft_config: Any, model: Any, token_id: int) -> Any:
     targets[names[layer]] = sorted({*targets.get(names[layer], []), token_id})
     config.trainable_token_indices = targets
     return config
+
+
+_STATE_NAMES = ("ParallelStates", "collate_states", "parallel_states", "replay_states", "state_logits", "states_batch")
+
+
+def __getattr__(name: str) -> Any:
+    """The decision-state names, moved to ``states`` (which imports this module, so they load on first use)."""
+    if name in _STATE_NAMES:
+        from . import states
+
+        return getattr(states, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
