@@ -70,6 +70,23 @@ def test_method_help_has_trl_and_method_flags(capsys):
         assert flag in out
 
 
+@pytest.mark.parametrize("method", sorted(cli.METHODS))
+def test_method_help_lists_the_method_flags_first(method, capsys):
+    """Before any of TRL's ~200 flags, so ``METHOD --help | head`` shows them (they came after ~700 lines)."""
+    with pytest.raises(SystemExit) as exit_:
+        cli.main([method, "--help"])
+    assert exit_.value.code == 0
+    lines = capsys.readouterr().out.splitlines()
+    own = cli.method_fields(cli.METHODS[method].config_class)
+    assert own and "eta" in cli.method_fields(cli.MixCEConfig) and "learning_rate" not in own  # re-defaulted: TRL's
+    assert lines[2] == f"{method} options:"
+    trl_start = lines.index("options:")  # -h, then TRL's flags from the dataclasses, in their order
+    assert any(line.startswith("  --output_dir") for line in lines[trl_start:])
+    for name in own:
+        assert any(line.startswith(f"  --{name} ") for line in lines[3:trl_start]), f"--{name} not first"
+        assert not any(line.startswith(f"  --{name} ") for line in lines[trl_start:]), f"--{name} listed twice"
+
+
 def test_unknown_method(capsys):
     with pytest.raises(SystemExit) as exit_:
         cli.main(["sequencematcher"])

@@ -26,7 +26,7 @@ import os
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 from accelerate import PartialState
@@ -95,7 +95,34 @@ def make_parser(method: str = "mixce", prog: str | None = None) -> TrlParser:
     prog = prog or f"{PROG} {method}"
     # argparse's generated usage lists every one of the ~200 flags; a parse error should fit on a screen.
     usage = f"{prog} [--config CFG.yaml] [--model_name_or_path M] [--dataset_name D] [--output_dir DIR] [...]"
-    return TrlParser(dataclass_types, prog=prog, usage=usage)
+    parser = TrlParser(dataclass_types, prog=prog, usage=usage)
+    _method_flags_first(parser, method, METHODS[method].config_class)
+    return parser
+
+
+def trl_parent(config_class: type) -> type:
+    """The TRL config a method's config extends (``SFTConfig``)."""
+    return next(c for c in config_class.__mro__[1:] if c.__module__.startswith("trl."))
+
+
+def method_fields(config_class: type) -> set[str]:
+    """The fields a method adds to its TRL parent config (``eta`` for MixCE), not those it inherits or re-defaults."""
+    return {f.name for f in fields(config_class)} - {f.name for f in fields(trl_parent(config_class))}
+
+
+def _method_flags_first(parser: TrlParser, method: str, config_class: type) -> None:
+    """Move the method's own flags into a first help section: argparse lists flags in the order the dataclasses
+    declare them, which puts them after the ~200 of ``TrainingArguments`` and ``SFTConfig``. Parsing is unchanged;
+    only help's grouping (argparse's ``_action_groups``, stable since Python 3.2) is rearranged."""
+    own = method_fields(config_class)
+    parent = trl_parent(config_class).__name__
+    group = parser.add_argument_group(f"{method} options", f"{config_class.__name__}'s own fields; {parent}'s follow.")
+    for action in [a for a in parser._actions if a.dest in own]:  # a bool field has --x and --no_x
+        for container in parser._action_groups:
+            if action in container._group_actions:
+                container._group_actions.remove(action)
+        group._group_actions.append(action)
+    parser._action_groups.insert(0, parser._action_groups.pop())
 
 
 def model_init_kwargs(training_args: Any, model_args: ModelConfig) -> dict[str, Any]:
