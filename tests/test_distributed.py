@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import socket
 import subprocess
 import sys
@@ -25,6 +26,7 @@ from safetensors.torch import load_file
 
 from tests.conftest import cpu_args
 from tests.tiny import CORPUS
+from trl_likelihood.entry import cpu_recipe
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(REPO, "trainers", "mixce.py")
@@ -134,6 +136,25 @@ def test_two_processes_on_cpu(config, single, tmp_path):
     one, two = _first_step(single[0]), _first_step(out)
     assert two["num_tokens"] == 2 * one["num_tokens"]  # gathered over both ranks after one step
     assert two["epoch"] == pytest.approx(2 * BATCH / ROWS)  # each step consumed two per-device batches
+
+
+def test_documented_cpu_recipe_trains_on_two_processes(tiny_model_dir, tmp_path):
+    """``entry.CPU_RECIPE``, word for word as the README, --help and the scripts print it, from a folder holding
+    ``trainers/`` and a user's ``mixce.yaml`` with neither ``use_cpu`` nor ``bf16``: the command line alone must make
+    two CPU ranks. Only a free port is added (the default 29500 may be taken by another run)."""
+    data = tmp_path / "train.jsonl"
+    data.write_text((json.dumps({"text": CORPUS[0]}) + "\n") * ROWS)
+    settings = {"model_name_or_path": tiny_model_dir, "dataset_name": str(data), "output_dir": str(tmp_path / "out")}
+    settings |= {"max_steps": 2, "per_device_train_batch_size": BATCH, "logging_steps": 1, "report_to": "none"}
+    (tmp_path / "mixce.yaml").write_text(yaml.safe_dump(settings | {"save_strategy": "no", "max_length": 64}))
+    (tmp_path / "trainers").symlink_to(os.path.join(REPO, "trainers"))
+    command = shlex.split(cpu_recipe("mixce"))
+    assert command[:2] == ["accelerate", "launch"]
+    command = [ACCELERATE, "launch", "--main_process_port", str(_free_port()), *command[2:]]
+    proc = subprocess.run(command, env=_env(), cwd=tmp_path, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    _assert_saved_once(str(tmp_path / "out"), proc.stdout)
+    assert _first_step(str(tmp_path / "out"))["epoch"] == pytest.approx(2 * BATCH / ROWS)  # a batch from each rank
 
 
 @pytest.fixture(scope="module")

@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
+from pathlib import Path
+
+from trl_likelihood.entry import CPU_RECIPE, cpu_recipe, top_parser
+
+REPO = Path(__file__).resolve().parent.parent
 
 CODE = """
 import contextlib, io, sys
@@ -32,3 +38,34 @@ def test_package_exports_load_on_first_use():
 
     assert trl_likelihood.MixCETrainer.__name__ == "MixCETrainer"
     assert "ImplicitPRM" in dir(trl_likelihood)
+
+
+def _commands(text: str) -> list[str]:
+    """Every ``accelerate launch`` command in ``text``, with backslash continuations joined."""
+    joined = re.sub(r"\s*\\\n\s*", " ", text)
+    return [m.group(0).rstrip("`, ") for m in re.finditer(r"accelerate launch [^\n]*", joined)]
+
+
+def _module_docstring_source(path: Path) -> str:
+    return path.read_text().split('"""')[1]  # as written: a backslash ending a docstring line stays
+
+
+def test_one_cpu_recipe_everywhere():
+    """README, --help, cli.py's docstring and every launch script give the same two-process CPU command, word for
+    word; any other CPU launch they show uses an engine config (``--config_file``), never accelerate's ``--cpu``."""
+    places = {
+        "README.md": ((REPO / "README.md").read_text(), cpu_recipe("mixce")),
+        "trl-likelihood --help": (top_parser().format_help(), cpu_recipe("mixce")),
+        "cli.py": (_module_docstring_source(REPO / "trl_likelihood" / "cli.py"), cpu_recipe("mixce")),
+    }
+    for script in ("mixce", "implicit_prm", "ddo", "sequencematch"):
+        path = REPO / "trainers" / f"{script}.py"
+        places[f"trainers/{script}.py"] = (_module_docstring_source(path), cpu_recipe(script))
+    for where, (text, recipe) in places.items():
+        commands = _commands(text)
+        assert recipe in commands, f"{where} lacks the CPU recipe: {commands}"
+        for command in commands:
+            assert " --cpu" not in command, f"{where}: {command}"
+            if "cpu" in command and command != recipe:
+                assert "--config_file" in command, f"{where} has a second CPU recipe: {command}"
+    assert CPU_RECIPE.startswith("accelerate launch --multi_gpu ") and CPU_RECIPE.endswith(" --use_cpu")

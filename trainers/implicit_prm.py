@@ -9,6 +9,9 @@ python trainers/implicit_prm.py \
     --output_dir Qwen2.5-0.5B-ImplicitPRM
 
 accelerate launch --multi_gpu --num_processes 2 trainers/implicit_prm.py --config prm.yaml
+# two processes on a CPU-only machine (gloo); --use_cpu goes to the script
+accelerate launch --multi_gpu --num_processes 2 --mixed_precision no \
+    trainers/implicit_prm.py --config implicit_prm.yaml --use_cpu
 # DeepSpeed ZeRO-2/3 or FSDP2: a config from trainers/accelerate_configs (README, "engines")
 accelerate launch --config_file trainers/accelerate_configs/zero3.yaml trainers/implicit_prm.py --config prm.yaml
 ```

@@ -28,12 +28,12 @@ accelerate launch --num_processes 2 trainers/mixce.py \
     --learning_rate 2.0e-4
 ```
 
-# A local file instead of a Hub dataset, on CPU; two CPU processes need --multi_gpu (gloo), or accelerate starts one
+# A local file instead of a Hub dataset, on CPU; then two CPU processes over gloo (without --multi_gpu accelerate
+# starts one process; --use_cpu goes to the script, as accelerate's own --cpu also starts one)
 ```bash
 python trainers/mixce.py --model_name_or_path Qwen/Qwen2-0.5B --dataset_name data/train.jsonl \
     --use_cpu --max_steps 10 --output_dir out
-accelerate launch --multi_gpu --num_processes 2 --num_machines 1 --mixed_precision no --dynamo_backend no \
-    trainers/mixce.py --config mixce.yaml --use_cpu
+accelerate launch --multi_gpu --num_processes 2 --mixed_precision no trainers/mixce.py --config mixce.yaml --use_cpu
 ```
 """
 

@@ -9,6 +9,9 @@ python trainers/sequencematch.py \
     --output_dir Qwen2.5-0.5B-SequenceMatch
 
 accelerate launch --multi_gpu --num_processes 2 trainers/sequencematch.py --config sequencematch.yaml
+# two processes on a CPU-only machine (gloo); --use_cpu goes to the script
+accelerate launch --multi_gpu --num_processes 2 --mixed_precision no \
+    trainers/sequencematch.py --config sequencematch.yaml --use_cpu
 # DeepSpeed ZeRO-2/3 or FSDP2: a config from trainers/accelerate_configs (README, "engines")
 accelerate launch --config_file trainers/accelerate_configs/fsdp2.yaml trainers/sequencematch.py --config sm.yaml
 ```

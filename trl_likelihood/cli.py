@@ -9,8 +9,13 @@ it trains in the calling process; for several processes launch it through accele
     accelerate launch --num_processes 2 -m trl_likelihood.cli mixce --config cfg.yaml
     accelerate launch trainers/mixce.py --config cfg.yaml          # from a source checkout
 
-On a machine without GPUs add ``--multi_gpu`` (and ``--use_cpu`` for the trainer): without it accelerate silently
-starts a single process; with it the two ranks run on CPU over gloo (``tests/test_distributed.py``).
+On a machine without GPUs, two processes over gloo (``entry.CPU_RECIPE``; ``tests/test_distributed.py`` runs it)::
+
+    accelerate launch --multi_gpu --num_processes 2 --mixed_precision no \
+        trainers/mixce.py --config mixce.yaml --use_cpu
+
+Without ``--multi_gpu`` accelerate silently starts a single process; ``--use_cpu`` goes to the script, since
+accelerate's own ``--cpu`` also starts a single process.
 
 A new method is one entry in ``METHODS``: its config class, its trainer class and a line of help.
 """

@@ -13,6 +13,21 @@ from . import __version__
 
 PROG = "trl-likelihood"
 
+# The one recipe for several processes on a CPU-only machine, word for word in the README, in --help, in cli.py's
+# docstring and in each trainers/<script>.py (tests/test_entry.py), and run as written by tests/test_distributed.py.
+# --multi_gpu: without it accelerate starts a single process; --use_cpu goes to the script (accelerate's own --cpu
+# also starts one process); the ranks then talk over gloo.
+CPU_RECIPE = (
+    "accelerate launch --multi_gpu --num_processes 2 --mixed_precision no trainers/{script}.py --config {script}.yaml "
+    "--use_cpu"
+)
+
+
+def cpu_recipe(script: str = "mixce") -> str:
+    """``CPU_RECIPE`` for ``trainers/<script>.py`` (``implicit_prm``, not ``implicit-prm``)."""
+    return CPU_RECIPE.format(script=script)
+
+
 # name -> (one line of help, the `trl` subcommand whose data and flags it takes). The classes are in cli.METHODS.
 METHOD_HELP: dict[str, tuple[str, str]] = {
     "mixce": (
@@ -41,11 +56,15 @@ def top_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=PROG,
         description="Train a beyond-maximum-likelihood objective as a drop-in TRL trainer.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,  # keeps each command on one line, as written
         epilog=(
-            f"Run '{PROG} METHOD --help' for a method's flags (TRL's, as in 'trl sft', plus the method's own). "
-            f"Example: {PROG} mixce --model_name_or_path Qwen/Qwen2-0.5B --dataset_name trl-lib/Capybara --eta 0.5. "
-            f"Several processes: accelerate launch --num_processes N -m trl_likelihood.cli METHOD ... (on CPU add "
-            "--multi_gpu, or accelerate runs one process)."
+            f"Run '{PROG} METHOD --help' for a method's flags (its own first, then TRL's, as in 'trl sft').\n\n"
+            "Example:\n"
+            f"  {PROG} mixce --model_name_or_path Qwen/Qwen2-0.5B --dataset_name trl-lib/Capybara --eta 0.5\n\n"
+            "Several processes (GPUs):\n"
+            "  accelerate launch --num_processes N -m trl_likelihood.cli METHOD --config cfg.yaml\n"
+            "Two processes on a CPU-only machine (trainers/ is in a source checkout):\n"
+            f"  {cpu_recipe()}"
         ),
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
