@@ -123,13 +123,13 @@ CASES: dict[str, Case] = {
         trainer_class=ImplicitPRMTrainer,
         dataset=prm_rows,
         script=os.path.join(REPO, "trainers", "implicit_prm.py"),
-        config={"beta": 0.5},
+        config={"beta": 0.5, "stepwise": False},  # "completions"/"labels": a group of responses
         resume={"precompute_ref_log_probs": True},
         accumulation={"loss_type": "dpo"},  # test_implicit_prm_trainer covers ce
         distributed={"loss_type": "dpo"},  # test_distributed covers ce (LoRA)
         loss_metrics=("loss", "prm/reward_correct", "prm/reward_incorrect"),
         formats=("prm_unpaired", "prm_grouped", "prm_paired"),
-        validate=lambda dataset, args: prepare_prm_dataset(dataset, args.loss_type, "train_dataset"),
+        validate=lambda dataset, args: prepare_prm_dataset(dataset, args, "train_dataset"),
     ),
     "ddo": Case(
         name="ddo",

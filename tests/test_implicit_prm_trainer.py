@@ -211,7 +211,10 @@ def test_prm_grouped_format_is_expanded(tiny_model_dir, tmp_path):
         {"prompt": ["a cat", "a dog"], "completions": [[" runs", " sat"], [" red"]], "labels": [[True, False], [True]]}
     )
     trainer = ImplicitPRMTrainer(
-        model=tiny_model_dir, args=_args(tmp_path, "grouped"), train_dataset=ds, peft_config=LoraConfig(**LORA)
+        model=tiny_model_dir,
+        args=_args(tmp_path, "grouped", stepwise=False),
+        train_dataset=ds,
+        peft_config=LoraConfig(**LORA),
     )
     assert len(trainer.train_dataset) == 3 and sorted(trainer.train_dataset["prm_label"]) == [0, 1, 1]
 
@@ -247,7 +250,7 @@ def test_prm_bad_data_fails_before_training(tiny_model_dir, tmp_path, columns, l
     with pytest.raises(ValueError, match=message):
         ImplicitPRMTrainer(
             model=tiny_model_dir,
-            args=_args(tmp_path, "bad", loss_type=loss_type),
+            args=_args(tmp_path, "bad", loss_type=loss_type, stepwise=False),
             train_dataset=Dataset.from_dict(columns),
         )
 

@@ -3,7 +3,12 @@
 Accepted inputs (standard or conversational):
 - unpaired ``prompt, completion, label`` (TRL's unpaired preference format, as ``KTOTrainer`` takes);
 - grouped ``prompt, completions, labels`` (lists; e.g. rollouts with a verifier's verdicts), expanded to unpaired;
-- paired ``prompt, chosen, rejected`` (TRL's preference format).
+- paired ``prompt, chosen, rejected`` (TRL's preference format);
+- stepwise ``prompt, completions, labels`` (TRL's stepwise-supervision format: the steps of one response, a label per
+  step), with ``stepwise=True``: one response, the steps joined by ``step_separator``, correct when every step is.
+
+Grouped and stepwise data have the same columns, so with ``completions`` and ``labels`` the config must say which it
+is (``stepwise``); reading one as the other would train silently wrong.
 
 ``"ce"`` trains on unpaired rows (a pair gives a correct and an incorrect row). ``"dpo"`` trains on pairs: every
 correct x incorrect combination of responses to the same prompt (ALGORITHMS.md 4(a), official ``train_dpo.py``).
@@ -17,6 +22,7 @@ from typing import Any
 from datasets import Dataset
 
 from .data import kind_mismatch_error
+from .stepwise_data import check_stepwise_row, joined_response, outcome_label
 
 LABEL_COLUMN = "prm_label"
 
@@ -82,11 +88,18 @@ def _paired_rows(ex: dict, i: int, where: str) -> list[dict[str, Any]]:
     ]
 
 
-_FORMATS = (({"completion", "label"}, _unpaired_rows), ({"completions", "labels"}, _grouped_rows),
-            ({"chosen", "rejected"}, _paired_rows))  # fmt: skip
+def _stepwise_rows(ex: dict, i: int, where: str, step_separator: str) -> list[dict[str, Any]]:
+    check_stepwise_row(ex, i, where)
+    return [
+        _row(
+            ex["prompt"], joined_response(ex["prompt"], ex["completions"], step_separator), outcome_label(ex["labels"])
+        )
+    ]
 
 
-def to_unpaired(dataset: Dataset, where: str = "train_dataset") -> list[dict[str, Any]]:
+def to_unpaired(
+    dataset: Dataset, where: str = "train_dataset", stepwise: bool | None = False, step_separator: str = "\n\n"
+) -> list[dict[str, Any]]:
     """Rows ``{prompt, completion, prm_label}`` from any accepted format, validated row by row."""
     if not isinstance(dataset, Dataset):
         raise ValueError(f"{where}: expected a datasets.Dataset, got {type(dataset).__name__}.")
@@ -95,9 +108,20 @@ def to_unpaired(dataset: Dataset, where: str = "train_dataset") -> list[dict[str
         raise ValueError(f"{where} is empty: it has no rows to train on.")
     if "prompt" not in columns:
         raise ValueError(f"{where} has columns {sorted(columns)}; expected a 'prompt' column.")
-    for needed, expand in _FORMATS:
-        if needed <= columns:
-            return [row for i, ex in enumerate(dataset) for row in expand(ex, i, where)]
+    if {"completion", "label"} <= columns:
+        return [row for i, ex in enumerate(dataset) for row in _unpaired_rows(ex, i, where)]
+    if {"completions", "labels"} <= columns:
+        if stepwise is None:
+            raise ValueError(
+                f"{where} has 'completions' and 'labels': TRL's stepwise-supervision format (the steps of one "
+                "response, a label per step) or a group of responses with an outcome label each. Set "
+                "`stepwise=True` (steps) or `stepwise=False` (responses)."
+            )
+        if stepwise:
+            return [row for i, ex in enumerate(dataset) for row in _stepwise_rows(ex, i, where, step_separator)]
+        return [row for i, ex in enumerate(dataset) for row in _grouped_rows(ex, i, where)]
+    if {"chosen", "rejected"} <= columns:
+        return [row for i, ex in enumerate(dataset) for row in _paired_rows(ex, i, where)]
     raise ValueError(
         f"{where} has columns {sorted(columns)}; expected 'prompt' with 'completion' and 'label', with "
         "'completions' and 'labels', or with 'chosen' and 'rejected'."
@@ -108,13 +132,15 @@ def _key(prompt: Any) -> str:
     return prompt if isinstance(prompt, str) else json.dumps(prompt, sort_keys=True)
 
 
-def to_pairs(dataset: Dataset, where: str = "train_dataset") -> list[dict[str, Any]]:
+def to_pairs(
+    dataset: Dataset, where: str = "train_dataset", stepwise: bool | None = False, step_separator: str = "\n\n"
+) -> list[dict[str, Any]]:
     """Rows ``{prompt, chosen, rejected}``: given pairs as they are, else every correct x incorrect per prompt."""
     if {"prompt", "chosen", "rejected"} <= set(dataset.column_names):
         to_unpaired(dataset, where)  # validates every row
         return [{"prompt": ex["prompt"], "chosen": ex["chosen"], "rejected": ex["rejected"]} for ex in dataset]
     groups: dict[str, dict[str, list]] = {}
-    for row in to_unpaired(dataset, where):
+    for row in to_unpaired(dataset, where, stepwise, step_separator):
         group = groups.setdefault(_key(row["prompt"]), {"prompt": row["prompt"], "pos": [], "neg": []})
         group["pos" if row[LABEL_COLUMN] else "neg"].append(row["completion"])
     pairs = [
@@ -131,13 +157,15 @@ def to_pairs(dataset: Dataset, where: str = "train_dataset") -> list[dict[str, A
     return pairs
 
 
-def prepare_prm_dataset(dataset: Dataset | None, loss_type: str, where: str) -> Dataset | None:
-    """The dataset the trainer feeds to SFT's tokenisation: prompt-completion rows (plus ``rejected`` for pairs)."""
+def prepare_prm_dataset(dataset: Dataset | None, args: Any, where: str) -> Dataset | None:
+    """The dataset the trainer feeds to SFT's tokenisation: prompt-completion rows (plus ``rejected`` for pairs).
+    ``args``: the ``ImplicitPRMConfig`` (``loss_type``, ``stepwise``, ``step_separator``)."""
     if dataset is None:
         return None
-    if loss_type == "ce":
-        return Dataset.from_list(to_unpaired(dataset, where))
-    pairs = to_pairs(dataset, where)
+    layout = (where, args.stepwise, args.step_separator)
+    if args.loss_type == "ce":
+        return Dataset.from_list(to_unpaired(dataset, *layout))
+    pairs = to_pairs(dataset, *layout)
     # SFT's preprocessing sees a prompt-completion dataset (the chosen side); the trainer tokenises `rejected` too.
     return Dataset.from_list(
         [

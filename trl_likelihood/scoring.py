@@ -127,11 +127,8 @@ def _load_tokenizer(source: Any, policy: torch.nn.Module) -> PreTrainedTokenizer
     raise ValueError(f"Could not load a tokenizer for the policy; pass `tokenizer=`. Tried: {errors or 'nothing'}.")
 
 
-def _trained_beta(policy: Any, beta: float | None) -> float:
+def _trained_beta(policy: Any, beta: float | None, trained: float | None) -> float:
     """``beta`` as given, or the one the policy was trained with; a given one that differs from it is warned about."""
-    trained = None
-    if isinstance(policy, str | os.PathLike):
-        trained = (read_method_settings(policy) or {}).get("beta")
     if beta is None:
         return DEFAULT_BETA if trained is None else trained
     if trained is not None and beta != trained:
@@ -159,7 +156,9 @@ class ImplicitPRM:
             given by path (``method_settings.json``, written by ``ImplicitPRMTrainer``), else 0.05; a different one
             given for such a policy is used, with a warning. A positive scale keeps argmax/min rankings but changes
             ``sigmoid(score)`` in the weighted vote (4(c)).
-        step_separator: joins the steps into the response, as the PRM saw it (the official eval uses ``"\\n\\n"``).
+        step_separator: joins the steps into the response, as the PRM saw it. Default: the one saved with a policy
+            given by path (``ImplicitPRMTrainer`` saves its ``step_separator``), else ``"\\n\\n"`` (the official
+            eval's).
         aggregate: default reduction over steps, one of ``AGGREGATES``.
         add_eos: score the EOS (or the chat template's closing tokens) in the last step, as training does.
         batch_size: responses per forward.
@@ -174,14 +173,16 @@ class ImplicitPRM:
         tokenizer: PreTrainedTokenizerBase | None = None,
         *,
         beta: float | None = None,
-        step_separator: str = "\n\n",
+        step_separator: str | None = None,
         aggregate: str = "min",
         add_eos: bool = True,
         batch_size: int = 8,
         device: str | torch.device | None = None,
         model_kwargs: dict[str, Any] | None = None,
     ):
-        beta = _trained_beta(policy, beta)
+        trained = (read_method_settings(policy) or {}) if isinstance(policy, str | os.PathLike) else {}
+        beta = _trained_beta(policy, beta, trained.get("beta"))
+        step_separator = trained.get("step_separator", "\n\n") if step_separator is None else step_separator
         if not beta > 0:
             raise ValueError(f"`beta` must be positive, got {beta!r}.")
         if aggregate not in AGGREGATES:

@@ -22,6 +22,7 @@ METRICS = (
     "reverse_cross_entropy",
     "step_auroc",
     "first_error_localisation",
+    "processbench",
     "generation_quality",
     "perplexity",
 )

@@ -60,6 +60,12 @@ class ImplicitPRMConfig(SFTConfig):
         precompute_ref_log_probs (`bool`, *optional*, defaults to `False`): compute the reference log-probs of the
             datasets once before training, so no reference forward runs during training.
         precompute_ref_batch_size (`int`, *optional*): batch size of that pass; defaults to the eval batch size.
+        stepwise (`bool`, *optional*): how to read ``prompt, completions, labels`` data, whose columns two formats
+            share: `True` for TRL's stepwise supervision (the steps of one response, a label per step; trained as
+            one response, correct when every step is), `False` for a group of responses with an outcome label each.
+            Unset, such data is refused with the two readings named.
+        step_separator (`str`, *optional*, defaults to `"\n\n"`): joins the steps of stepwise data into the response,
+            as ``ImplicitPRM.score`` joins them (its default too).
     """
 
     beta: float = field(default=0.05, metadata={"help": "Scale of the implicit reward beta * log(pi / pi_ref)."})
@@ -79,6 +85,16 @@ class ImplicitPRMConfig(SFTConfig):
     )
     precompute_ref_batch_size: int | None = field(
         default=None, metadata={"help": "Batch size of the precompute pass (default: per_device_eval_batch_size)."}
+    )
+    stepwise: bool | None = field(
+        default=None,
+        metadata={
+            "help": "Data with 'completions' and 'labels': True for TRL's stepwise supervision (the steps of one "
+            "response), False for a group of responses with an outcome label each."
+        },
+    )
+    step_separator: str = field(
+        default="\n\n", metadata={"help": "Joins the steps of stepwise data, as ImplicitPRM.score does."}
     )
 
     def __post_init__(self):
@@ -144,13 +160,11 @@ class ImplicitPRMTrainer(CardMixin, LossOnlyEvaluation, SFTTrainer):
         **kwargs: Any,
     ):
         args = resolve_args("ImplicitPRMTrainer", model, args, ImplicitPRMConfig, kwargs)
-        train_dataset = prepare_prm_dataset(train_dataset, args.loss_type, "train_dataset")
+        train_dataset = prepare_prm_dataset(train_dataset, args, "train_dataset")
         if isinstance(eval_dataset, dict):
-            eval_dataset = {
-                k: prepare_prm_dataset(v, args.loss_type, f"eval_dataset[{k!r}]") for k, v in eval_dataset.items()
-            }
+            eval_dataset = {k: prepare_prm_dataset(v, args, f"eval_dataset[{k!r}]") for k, v in eval_dataset.items()}
         else:
-            eval_dataset = prepare_prm_dataset(eval_dataset, args.loss_type, "eval_dataset")
+            eval_dataset = prepare_prm_dataset(eval_dataset, args, "eval_dataset")
         with _compat.sft_init_accepting_loss_type(args):
             super().__init__(model, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset, **kwargs)
         self.data_collator = PRMCollator(self.data_collator)
@@ -261,7 +275,7 @@ class ImplicitPRMTrainer(CardMixin, LossOnlyEvaluation, SFTTrainer):
         super().log(logs, start_time)
 
     def card_hyperparameters(self) -> dict[str, Any]:
-        return {"beta": self.args.beta, "loss_type": self.args.loss_type}
+        return {"beta": self.args.beta, "loss_type": self.args.loss_type, "step_separator": self.args.step_separator}
 
     def card_extra(self, info: CardInfo) -> dict[str, Any]:
         reference_is_base = info.is_adapter and self._reference_source in ("adapter", "precomputed-adapter")
