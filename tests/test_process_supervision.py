@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import random
+from types import SimpleNamespace
 
 import pytest
 from datasets import Dataset
@@ -12,7 +13,7 @@ from peft import LoraConfig
 
 from tests.conftest import cpu_args
 from trl_likelihood import ImplicitPRMConfig, ImplicitPRMTrainer, evaluate_metrics
-from trl_likelihood.prm_evaluation import best_threshold, first_error_scores, predicted_first_error
+from trl_likelihood.prm_evaluation import best_threshold, evaluate_prm, first_error_scores, predicted_first_error
 from trl_likelihood.stepwise_data import validate_stepwise_dataset
 
 STEPWISE = {
@@ -111,3 +112,45 @@ def test_processbench_module_uses_the_given_or_the_best_threshold():
     best = module.compute(predictions=SCORES, references=LABELS)
     assert best["f1"] == pytest.approx(first_error_scores(SCORES, LABELS, best_threshold(SCORES, LABELS))["f1"])
     assert best["f1"] >= given["f1"]
+
+
+class _LookupScorer:
+    """A stand-in PRM whose step rewards are given per prompt: ``evaluate_prm`` needs only ``score``."""
+
+    def __init__(self, rewards: dict[str, list[float]]) -> None:
+        self.rewards = rewards
+
+    def score(self, prompts, steps):
+        return [SimpleNamespace(step_rewards=self.rewards[p]) for p in prompts]
+
+
+def test_evaluate_prm_picks_the_threshold_on_the_dev_split():
+    rows = lambda ids: Dataset.from_dict(  # noqa: E731
+        {
+            "prompt": [f"q{i}" for i in ids],
+            "completions": [["s"] * len(SCORES[i]) for i in ids],
+            "labels": [[bool(x) for x in LABELS[i]] for i in ids],
+        }
+    )
+    scorer = _LookupScorer({f"q{i}": s for i, s in enumerate(SCORES)})
+    dev, test = rows([0, 1, 2, 3]), rows([0, 1, 2, 3])
+    result = evaluate_prm(scorer, test, dev_dataset=dev)
+    assert result["threshold"] == best_threshold(SCORES, LABELS)
+    assert result["f1"] == first_error_scores(SCORES, LABELS, result["threshold"])["f1"]
+    flat = [s for row in SCORES for s in row]
+    right = [bool(x) for row in LABELS for x in row]
+    pairs = [(p, n) for p, lp in zip(flat, right) if lp for n, ln in zip(flat, right) if not ln]
+    assert result["step_auroc"] == pytest.approx(sum((p > n) + 0.5 * (p == n) for p, n in pairs) / len(pairs))
+    assert evaluate_prm(scorer, test, threshold=0.5)["f1"] == 0.5
+    with pytest.raises(ValueError, match="pass `dev_dataset`, or a `threshold`"):
+        evaluate_prm(scorer, test)
+
+
+def test_an_implicit_prm_is_evaluated_on_stepwise_data(tiny_model_dir):
+    """The scorer reads stepwise rows as they are; a PRM equal to its reference (every reward 0) is at chance."""
+    from trl_likelihood import ImplicitPRM
+
+    prm = ImplicitPRM(tiny_model_dir, reference=tiny_model_dir)
+    data = Dataset.from_dict(STEPWISE)
+    result = evaluate_prm(prm, data, dev_dataset=data)
+    assert result["step_auroc"] == 0.5 and result["num_erroneous"] == 1 and result["num_correct"] == 1

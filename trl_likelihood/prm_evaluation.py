@@ -16,6 +16,10 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+import torch
+
+from .metrics import binary_auroc
+from .stepwise_data import validate_stepwise_dataset
 
 NO_ERROR = -1
 
@@ -104,3 +108,35 @@ def _check(step_scores: Sequence[Sequence[float]], step_labels: Sequence[Sequenc
     for row, (scores, labels) in enumerate(zip(step_scores, step_labels)):
         if len(scores) != len(labels) or not len(scores):
             raise ValueError(f"response {row}: {len(scores)} step scores for {len(labels)} step labels.")
+
+
+def stepwise_columns(dataset: Any, where: str = "dataset") -> tuple[list[Any], list[list[str]], list[list[Any]]]:
+    """Prompts, steps and step labels of a stepwise-supervision dataset (a ``datasets.Dataset`` or a list of rows),
+    every row checked first."""
+    validate_stepwise_dataset(dataset, where)
+    rows = dataset.to_list() if hasattr(dataset, "to_list") else list(dataset)
+    return [r["prompt"] for r in rows], [r["completions"] for r in rows], [r["labels"] for r in rows]
+
+
+def step_scores(scorer: Any, dataset: Any, where: str = "dataset") -> tuple[list[list[float]], list[list[Any]]]:
+    """Every response's step rewards under ``scorer`` (an ``ImplicitPRM``, or any object with its ``score``), with
+    the step labels, in row order."""
+    prompts, steps, labels = stepwise_columns(dataset, where)
+    return [r.step_rewards for r in scorer.score(prompts, steps)], labels
+
+
+def evaluate_prm(
+    scorer: Any, dataset: Any, dev_dataset: Any = None, threshold: float | None = None
+) -> dict[str, float]:
+    """ProcessBench-style scores of ``scorer`` on ``dataset`` (stepwise), with the threshold picked on
+    ``dev_dataset`` (or given), plus the step AUROC pooled over every labelled step (threshold-free)."""
+    if threshold is None:
+        if dev_dataset is None:
+            raise ValueError("Pick the threshold on held-out data: pass `dev_dataset`, or a `threshold`.")
+        threshold = best_threshold(*step_scores(scorer, dev_dataset, "dev_dataset"))
+    scores, labels = step_scores(scorer, dataset)
+    result = first_error_scores(scores, labels, threshold)
+    flat_scores = torch.tensor([s for row in scores for s in row], dtype=torch.float64)
+    flat_labels = torch.tensor([bool(x) for row in labels for x in row])
+    result["step_auroc"] = binary_auroc(flat_scores, flat_labels)
+    return result
