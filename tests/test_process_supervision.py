@@ -3,6 +3,7 @@ ProcessBench-style first-error evaluation against hand computations and a brute-
 
 from __future__ import annotations
 
+import json
 import math
 import random
 from types import SimpleNamespace
@@ -154,3 +155,27 @@ def test_an_implicit_prm_is_evaluated_on_stepwise_data(tiny_model_dir):
     data = Dataset.from_dict(STEPWISE)
     result = evaluate_prm(prm, data, dev_dataset=data)
     assert result["step_auroc"] == 0.5 and result["num_erroneous"] == 1 and result["num_correct"] == 1
+
+
+def _write_jsonl(path, rows: list[dict]) -> str:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return str(path)
+
+
+def test_evaluate_prm_command(tiny_model_dir, tmp_path, capsys):
+    from trl_likelihood.entry import main
+
+    rows = [dict(zip(STEPWISE, values)) for values in zip(*STEPWISE.values())] * 4
+    data = _write_jsonl(tmp_path / "steps.jsonl", rows)
+    out = tmp_path / "scores.json"
+    argv = ["--model", tiny_model_dir, "--reference", tiny_model_dir, "--dataset_name", data]
+    assert main(["evaluate-prm", *argv, "--dev_fraction", "0.5", "--output", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert json.loads(capsys.readouterr().out) == result
+    assert result["step_auroc"] == 0.5 and result["num_erroneous"] + result["num_correct"] == 4
+
+    rows[5] = {**rows[5], "labels": [True]}
+    bad = _write_jsonl(tmp_path / "bad.jsonl", rows)
+    argv = ["--model", tiny_model_dir, "--reference", tiny_model_dir, "--dataset_name", bad, "--threshold", "0"]
+    assert main(["evaluate-prm", *argv]) == 2
+    assert "column 'labels', row 5: expected one label per step (2)" in capsys.readouterr().err

@@ -72,6 +72,11 @@ def top_parser() -> argparse.ArgumentParser:
     subparsers.add_parser(
         "demo", help="Each method vs continued MLE on an embedded known-truth task (offline, CPU).", add_help=False
     )
+    subparsers.add_parser(
+        "evaluate-prm",
+        help="ProcessBench-style first-error F1 and step AUROC of a trained PRM on stepwise data.",
+        add_help=False,
+    )
     for name, (text, replaces) in METHOD_HELP.items():
         # add_help=False: the method's own TrlParser answers `METHOD --help` with the full list of flags.
         subparsers.add_parser(name, help=f"{text} Replaces 'trl {replaces}'.", add_help=False)
@@ -85,6 +90,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from .demo import main as demo_main
 
         return demo_main(argv[1:])
+    if argv and argv[0] == "evaluate-prm":
+        from .prm_cli import main as evaluate_prm_main
+
+        return evaluate_prm_main(argv[1:])
     if argv and argv[0] in METHOD_HELP:
         from .cli import run_method
 

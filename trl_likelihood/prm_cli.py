@@ -1,0 +1,90 @@
+"""``trl-likelihood evaluate-prm``: ProcessBench-style evaluation of a trained PRM on stepwise-supervision data.
+
+It scores every response's steps, picks the threshold on a dev split (``--dev_split``, or ``--dev_fraction`` of the
+evaluated split held out), and prints the accuracy on erroneous and on correct responses, their F1 and the pooled step
+AUROC as JSON (also written to ``--output``)::
+
+    trl-likelihood evaluate-prm --model my-prm --dataset_name data.jsonl --dev_fraction 0.2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from types import SimpleNamespace
+from typing import Any
+
+PROG = "trl-likelihood evaluate-prm"
+
+
+def make_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[1])
+    parser.add_argument("--model", required=True, help="The trained PRM: a local folder or Hub id (adapter or model).")
+    parser.add_argument("--reference", default="base", help="The implicit PRM's reference (default: the base).")
+    parser.add_argument("--dataset_name", required=True, help="Stepwise data: a Hub id or a local json/jsonl/parquet.")
+    parser.add_argument("--dataset_config", default=None, help="The dataset's configuration name.")
+    parser.add_argument("--split", default=None, help="Split to evaluate (default: 'test' if any, else the only one).")
+    held_out = parser.add_mutually_exclusive_group(required=True)
+    held_out.add_argument("--dev_split", help="Split on which the threshold is picked.")
+    held_out.add_argument("--dev_fraction", type=float, help="Share of --split held out (seed 0) to pick it on.")
+    held_out.add_argument("--threshold", type=float, help="A step scored below it is wrong (no dev split).")
+    parser.add_argument("--beta", type=float, default=None, help="Implicit PRM: default the trained beta.")
+    parser.add_argument("--batch_size", type=int, default=8, help="Responses per forward.")
+    parser.add_argument("--output", default=None, help="Also write the scores to this JSON file.")
+    return parser
+
+
+def _splits(args: argparse.Namespace) -> tuple[Any, Any]:
+    """The evaluated split and the dev split (``None`` with ``--threshold``)."""
+    from .cli import load_data_file_or_hub
+
+    source = SimpleNamespace(
+        dataset_name=args.dataset_name, dataset_config=args.dataset_config, dataset_streaming=False
+    )
+    splits = load_data_file_or_hub(source)
+    name = args.split or ("test" if "test" in splits else next(iter(splits)) if len(splits) == 1 else None)
+    if name not in splits:
+        raise ValueError(f"{args.dataset_name} has splits {list(splits)}; name the one to evaluate with --split.")
+    if args.dev_split is not None:
+        if args.dev_split not in splits:
+            raise ValueError(f"--dev_split {args.dev_split!r} is not a split of {args.dataset_name} ({list(splits)}).")
+        return splits[name], splits[args.dev_split]
+    if args.dev_fraction is not None:
+        if not 0 < args.dev_fraction < 1:
+            raise ValueError(f"--dev_fraction must be in (0, 1), got {args.dev_fraction}.")
+        parts = splits[name].train_test_split(test_size=args.dev_fraction, seed=0)
+        return parts["train"], parts["test"]
+    return splits[name], None
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Returns the exit status: 2 for a bad argument, dataset or model, as the training commands."""
+    args = make_parser().parse_args(argv)
+    try:
+        from .prm_evaluation import evaluate_prm
+        from .scoring import ImplicitPRM
+        from .stepwise_data import validate_stepwise_dataset
+
+        evaluated, dev = _splits(args)
+        validate_stepwise_dataset(evaluated, args.split or "the evaluated split")
+        if dev is not None:
+            validate_stepwise_dataset(dev, "the dev split")
+        scorer = ImplicitPRM.from_pretrained(
+            args.model, reference=args.reference, beta=args.beta, batch_size=args.batch_size
+        )
+        result = evaluate_prm(scorer, evaluated, dev_dataset=dev, threshold=args.threshold)
+    except (ValueError, OSError) as err:
+        print(f"{PROG}: error: {err}", file=sys.stderr)
+        return 2
+    text = json.dumps(result, indent=2)
+    print(text)
+    if args.output:
+        with open(args.output, "w", encoding="utf-8") as f:
+            f.write(text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
