@@ -26,7 +26,6 @@ Tests check the identity: the step rewards sum to ``beta`` times a naive full-lo
 
 from __future__ import annotations
 
-import math
 import os
 import warnings
 from bisect import bisect_right
@@ -39,50 +38,12 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenize
 from transformers.utils.peft_utils import find_adapter_config_file
 
 from .method_settings import read_method_settings
+from .prm_scorer import AGGREGATES, PRMScorer, Prompt, StepScores, aggregate_steps, check_aggregate, is_messages
 from .ratio import adapter_disabled, ensure_fused_head, token_logps, unwrap_ddp
 
-AGGREGATES = ("min", "sum", "last", "min_q")
 DEFAULT_BETA = 0.05  # ImplicitPRMConfig's default, for a policy saved without its settings
-Prompt = str | list[dict[str, Any]]  # plain text, or chat messages
+__all__ = ["AGGREGATES", "ImplicitPRM", "StepScores", "aggregate_steps", "likelihood_ratio_score"]
 _PLACEHOLDER = "\ue000"  # a private-use character, to find where a chat template puts the assistant's content
-
-
-@dataclass
-class StepScores:
-    """Process rewards of one response (in nats times ``beta``).
-
-    Attributes:
-        step_rewards: ``r_t = q_t - q_{t-1}``, one per step (``0.0`` for a step that owns no token).
-        q_values: cumulative ``q_t`` at each step's last token.
-        score: ``step_rewards``/``q_values`` reduced by ``aggregate``.
-        outcome_reward: ``beta * (log pi(y) - log pi_ref(y))`` over all response tokens; equals ``q_values[-1]``.
-        num_tokens: response tokens owned by each step; they sum to the number of response tokens.
-        aggregate: the reduction that gave ``score``.
-    """
-
-    step_rewards: list[float]
-    q_values: list[float]
-    score: float
-    outcome_reward: float
-    num_tokens: list[int]
-    aggregate: str
-
-
-def aggregate_steps(step_rewards: list[float], q_values: list[float], aggregate: str) -> float:
-    """Reduce a response's steps to one score; names follow ImplicitPRM issue #9 (single/accumulative x min/sum).
-
-    ``"min"`` (single-min, the paper's Best-of-N default) is the weakest step; ``"sum"`` (single-sum) and ``"last"``
-    are both the outcome reward (``"sum"`` adds the steps, ``"last"`` reads ``q_T``); ``"min_q"`` is accumulative-min.
-    """
-    if aggregate == "min":
-        return min(step_rewards)
-    if aggregate == "sum":
-        return math.fsum(step_rewards)
-    if aggregate == "last":
-        return q_values[-1]
-    if aggregate == "min_q":
-        return min(q_values)
-    raise ValueError(f"`aggregate` must be one of {AGGREGATES}, got {aggregate!r}.")
 
 
 @dataclass
@@ -140,11 +101,7 @@ def _trained_beta(policy: Any, beta: float | None, trained: float | None) -> flo
     return beta
 
 
-def _is_messages(prompt: Any) -> bool:
-    return isinstance(prompt, list) and len(prompt) > 0 and all(isinstance(m, dict) for m in prompt)
-
-
-class ImplicitPRM:
+class ImplicitPRM(PRMScorer):
     """Scores responses step by step with ``beta * log pi/pi_ref``; Best-of-N and weighted majority vote on top.
 
     Args:
@@ -185,8 +142,7 @@ class ImplicitPRM:
         step_separator = trained.get("step_separator", "\n\n") if step_separator is None else step_separator
         if not beta > 0:
             raise ValueError(f"`beta` must be positive, got {beta!r}.")
-        if aggregate not in AGGREGATES:
-            raise ValueError(f"`aggregate` must be one of {AGGREGATES}, got {aggregate!r}.")
+        check_aggregate(aggregate)
         if batch_size < 1:
             raise ValueError(f"`batch_size` must be at least 1, got {batch_size!r}.")
         model_kwargs = model_kwargs or {}
@@ -236,7 +192,7 @@ class ImplicitPRM:
             if self.add_eos and eos and not response.endswith(eos):  # as SFTTrainer's add_eos
                 full += eos
             return prompt, full, len(prompt), {}
-        if not _is_messages(prompt):
+        if not is_messages(prompt):
             raise ValueError(f"A prompt must be text or a non-empty list of message dicts, got {prompt!r:.80}.")
         template = self.tokenizer.apply_chat_template
         prompt_text = template(prompt, add_generation_prompt=True, tokenize=False)
@@ -308,72 +264,14 @@ class ImplicitPRM:
         counts = torch.bincount(steps, minlength=e.num_steps).tolist()
         return StepScores(r, q, aggregate_steps(r, q, aggregate), q[-1], counts, aggregate)
 
-    def score(
-        self,
-        prompts: Prompt | list[Prompt],
-        steps: list[str] | list[list[str]],
-        aggregate: str | None = None,
-    ) -> StepScores | list[StepScores]:
-        """Step rewards of one response (``steps`` a list of str) or a batch (a list of lists of str).
-
-        ``prompts`` is one prompt (text or messages), shared by every response, or one per response. Returns a
-        ``StepScores``, or a list of them for a batch, in input order.
-        """
-        aggregate = aggregate or self.aggregate
-        if aggregate not in AGGREGATES:
-            raise ValueError(f"`aggregate` must be one of {AGGREGATES}, got {aggregate!r}.")
-        single = isinstance(steps, list) and len(steps) > 0 and all(isinstance(s, str) for s in steps)
-        responses = [steps] if single else steps
-        if not isinstance(responses, list) or not responses:
-            raise ValueError("`steps` is empty: pass a list of step strings, or a list of such lists.")
-        for i, response in enumerate(responses):
-            if not isinstance(response, list) or not response or not all(isinstance(s, str) for s in response):
-                raise ValueError(f"`steps[{i}]` must be a non-empty list of step strings, got {response!r:.80}.")
-        if isinstance(prompts, str) or _is_messages(prompts):
-            prompts = [prompts] * len(responses)
-        if not isinstance(prompts, list) or len(prompts) != len(responses):
-            raise ValueError(f"Got {len(prompts)} prompts for {len(responses)} responses; pass one, or one each.")
+    def _score_responses(self, prompts: list[Prompt], responses: list[list[str]], aggregate: str) -> list[StepScores]:
         encoded = [self._encode(p, s) for p, s in zip(prompts, responses)]
         results = []
         for i in range(0, len(encoded), self.batch_size):
             batch = encoded[i : i + self.batch_size]
             for e, logratio in zip(batch, self._token_logratios(batch)):
                 results.append(self._result(e, logratio, aggregate))
-        return results[0] if single else results
-
-    def best_of_n(
-        self, prompt: Prompt, candidates: list[list[str]], aggregate: str | None = None
-    ) -> tuple[int, list[float]]:
-        """Index of the best-scoring candidate (the first on ties) and every candidate's score (4(a) step 4)."""
-        scores = [r.score for r in self.score(prompt, _candidates(candidates), aggregate)]
-        return max(range(len(scores)), key=scores.__getitem__), scores
-
-    def weighted_majority_vote(
-        self, prompt: Prompt, candidates: list[list[str]], answers: list[str], aggregate: str | None = None
-    ) -> tuple[str, dict[str, float]]:
-        """The answer with the largest ``sum sigmoid(score)`` over the candidates giving it, and every answer's weight.
-
-        Answers are compared as given (normalise them first); the first answer seen wins a tie. ``sigmoid`` makes the
-        weights depend on ``beta`` (4(c)).
-        """
-        if len(answers) != len(candidates):
-            raise ValueError(f"Got {len(answers)} answers for {len(candidates)} candidates; pass one per candidate.")
-        weights: dict[str, float] = {}
-        for answer, result in zip(answers, self.score(prompt, _candidates(candidates), aggregate)):
-            weights[answer] = weights.get(answer, 0.0) + _sigmoid(result.score)
-        return max(weights, key=weights.__getitem__), weights
-
-
-def _sigmoid(x: float) -> float:
-    """Logistic function without overflow for large ``|x|``."""
-    return 1.0 / (1.0 + math.exp(-x)) if x >= 0 else math.exp(x) / (1.0 + math.exp(x))
-
-
-def _candidates(candidates: list[list[str]]) -> list[list[str]]:
-    """Candidates are a batch even when there is one, so ``score`` returns a list."""
-    if not isinstance(candidates, list) or not candidates or not all(isinstance(c, list) for c in candidates):
-        raise ValueError("`candidates` must be a non-empty list of responses, each a list of step strings.")
-    return candidates
+        return results
 
 
 # ---------------------------------------------------------------------- whole-sequence likelihoods and their ratio
