@@ -9,7 +9,7 @@ import pytest
 import torch
 from peft import LoraConfig, PeftModel
 from safetensors.torch import load_file
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoModelForCausalLM, AutoTokenizer, Trainer
 
 from tests.conftest import cpu_args
 from trl_likelihood.backspace import BACKSPACE, add_backspace_token
@@ -150,3 +150,46 @@ def test_peft_model_passed_in_is_refused(tiny_model_dir, prompt_completion_datas
     model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_dir), LoraConfig(**LORA))
     with pytest.raises(ValueError, match="peft_config"):
         SequenceMatchTrainer(model=model, args=_args(tmp_path, "x"), train_dataset=prompt_completion_dataset)
+
+
+class _HostReads:
+    """Counts the tensor methods that read a value back to the host (a device sync on an accelerator)."""
+
+    NAMES = ("item", "tolist", "__bool__", "__int__", "__float__", "__index__", "cpu", "numpy")
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.calls: list[str] = []
+        for name in self.NAMES:
+            original = getattr(torch.Tensor, name)
+
+            def counted(tensor, *args, _name=name, _original=original, **kwargs):
+                self.calls.append(_name)
+                return _original(tensor, *args, **kwargs)
+
+            monkeypatch.setattr(torch.Tensor, name, counted)
+
+
+def test_the_loss_path_reads_nothing_back_and_log_reads_once(
+    tiny_model_dir, prompt_completion_dataset, tmp_path, monkeypatch
+):
+    """Issue 16: states, loss and metrics stay on the device; ``log`` gathers them all and reads them back once."""
+    trainer = SequenceMatchTrainer(
+        model=tiny_model_dir, args=_args(tmp_path, "syncs"), train_dataset=prompt_completion_dataset
+    )
+    trainer.model.train()
+    trainer.refresh_buffer(trainer.model)
+    inputs = next(iter(trainer.get_train_dataloader()))
+    data, rollouts = trainer._data_trajectories(inputs), trainer._rollouts(0)
+    assert data and rollouts
+    reads = _HostReads(monkeypatch)
+    for _ in range(2):  # two micro-batches
+        loss = trainer.trajectory_loss(trainer.model, data, rollouts, inputs["input_ids"].device, with_sm=True)
+        loss.backward()
+    assert reads.calls == []
+    logged = {}
+    monkeypatch.setattr(Trainer, "log", lambda self, logs, start_time=None: logged.update(logs))  # under TRL's
+    trainer.log({})
+    assert reads.calls == ["tolist"]
+    assert {f"sequencematch/{k}" for k in ("bc_loss", "sm_loss", "chi2", "rollout_reward")} <= set(logged)
+    mixed = 0.5 * logged["sequencematch/bc_loss"] + 0.5 * logged["sequencematch/sm_loss"]  # sm_weight 0.5
+    assert mixed == pytest.approx(loss.detach().item(), rel=1e-6)  # two equal micro-batches: the mean is the value

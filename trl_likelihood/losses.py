@@ -397,6 +397,6 @@ def action_nll(
     if reduction == "sequence":
         rows = keep.any(-1)
         per_row = -logps.sum(-1) / keep.sum(-1).clamp(min=1)
-        return per_row[rows].sum() / rows.sum().clamp(min=1)
+        return per_row.masked_fill(~rows, 0.0).sum() / rows.sum().clamp(min=1)  # no boolean index: no host sync
     denom = keep.sum() if num_tokens is None else torch.as_tensor(num_tokens, device=logps.device)
     return -logps.sum() / denom.clamp(min=1)

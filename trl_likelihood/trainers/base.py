@@ -15,6 +15,7 @@ import json
 import math
 import os
 import re
+from collections import defaultdict
 from collections.abc import Hashable, Iterator
 from typing import Any
 
@@ -350,3 +351,33 @@ class MicroBatchIndex:
     def reset(self) -> None:
         """Count from 0 again (each evaluation draws the same randomness for the same data at the same step)."""
         self._key = None
+
+
+class DeviceMetrics:
+    """Per-micro-batch scalars kept on the device and read back once per ``log``: one gather and one host read per
+    logging step instead of a gather and an ``.item()`` per scalar per micro-batch. Each mean is over every
+    micro-batch of every process (every process records the same names the same number of times). Mix in before the
+    TRL trainer; ``_metric_prefix`` names the metrics ``<prefix>/<name>``."""
+
+    _metric_prefix: str = ""
+
+    def record_metrics(self, mode: str, **values: torch.Tensor) -> None:
+        pending = self.__dict__.setdefault("_pending_metrics", {}).setdefault(mode, defaultdict(list))
+        for name, value in values.items():
+            pending[name].append(value.detach().float().reshape(()))
+
+    def reset_metrics(self, mode: str) -> None:
+        super().reset_metrics(mode)
+        self.__dict__.setdefault("_pending_metrics", {}).pop(mode, None)
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        mode = "train" if self.model.training else "eval"
+        pending = self.__dict__.setdefault("_pending_metrics", {}).pop(mode, None)
+        if pending:
+            stacked = [torch.stack(values) for values in pending.values()]
+            gathered = self.accelerator.gather(torch.cat(stacked)[None])  # (processes, every value)
+            means = torch.stack([part.mean() for part in gathered.split([len(x) for x in stacked], dim=1)])
+            store = _compat.metrics_store(self, mode)
+            for name, value in zip(pending, means.tolist()):
+                store[f"{self._metric_prefix}/{name}"] = [value]
+        super().log(logs, start_time)

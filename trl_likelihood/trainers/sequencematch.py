@@ -17,7 +17,9 @@ Choices made here (the paper's Eq. 4/5 and its masking algorithm could not be re
   are means over trajectories (BC of each trajectory's per-action NLL), like DPO's per-sequence means: with equal
   per-device batches, gradient accumulation and several processes train exactly like one big batch (tested).
 - All decision states of a trajectory come from one forward pass over its physical token stream with a 4-D attention
-  mask and position ids over the tokens still alive (``backspace.parallel_states``; tested equal to replaying states).
+  mask and position ids over the tokens still alive (``states.states_batch``, built on the device; tested equal to
+  replaying states). Short trajectories (rollouts) share rows with a block-diagonal mask instead of being padded.
+- Metrics stay on the device until ``log``: one gather and one host read per logging step, none in the loss.
 - ``<bkspc>`` is masked out (logit -inf) at states whose completion is empty, in the loss as in generation: the
   prompt can never be deleted.
 - Terminal: an absorbing state after EOS whose self-loop is summed in closed form up to a fixed horizon (default
@@ -52,18 +54,17 @@ from ..backspace import (
     Trajectory,
     add_backspace_token,
     augment_with_noise,
-    collate_states,
-    parallel_states,
     saving_token_rows_only,
-    state_logits,
     with_trainable_token,
 )
 from ..cards import CardInfo
 from ..data import checked_sft_datasets
 from ..generation import sample_with_backspace, sampling_seed
 from ..losses import IGNORE_INDEX, action_nll, sequencematch_loss
+from ..states import state_logits, states_batch
 from .base import (
     CardMixin,
+    DeviceMetrics,
     LossOnlyEvaluation,
     MicroBatchIndex,
     check_config_fields,
@@ -190,13 +191,14 @@ def _refuse_a_stream_it_must_index(train_dataset: Any, args: SequenceMatchConfig
         )
 
 
-class SequenceMatchTrainer(CheckpointedMethodState, CardMixin, LossOnlyEvaluation, SFTTrainer):
+class SequenceMatchTrainer(CheckpointedMethodState, DeviceMetrics, CardMixin, LossOnlyEvaluation, SFTTrainer):
     """[`~trl.SFTTrainer`] on the same data, trained with SequenceMatch: ``<bkspc>``, noise, on-policy rollouts."""
 
     _name = "SequenceMatch"
     _tag_names = ["trl", "trl-likelihood", "sequencematch"]
     _paper = {"title": "SequenceMatch", "id": "2306.05426", "citation": SEQUENCEMATCH_CITATION}
     _card_template = "sequencematch.md"
+    _metric_prefix = "sequencematch"
     loss_is_scaled_for_ga = False  # per-trajectory means: the Trainer divides by the accumulation steps
 
     def __init__(
@@ -269,7 +271,8 @@ class SequenceMatchTrainer(CheckpointedMethodState, CardMixin, LossOnlyEvaluatio
         the rows are split over micro-batches and processes does not change it (accumulation and multi-process runs
         match one big batch exactly, tested).
         """
-        ids, labels, att = inputs["input_ids"].tolist(), inputs["labels"].tolist(), inputs["attention_mask"].tolist()
+        host = torch.stack([inputs["input_ids"], inputs["labels"], inputs["attention_mask"].long()]).tolist()
+        ids, labels, att = host  # one read of the batch: the noise is drawn on the host, per row
         mode = "train" if self.model.training else "eval"
         rows = []
         for row, lab, mask in zip(ids, labels, att):
@@ -380,34 +383,43 @@ class SequenceMatchTrainer(CheckpointedMethodState, CardMixin, LossOnlyEvaluatio
 
     # ------------------------------------------------------------------ loss
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        mode = "train" if self.model.training else "eval"
         micro = self._micro_index((self.model.training, self.state.global_step))
         data = self._data_trajectories(inputs)
         rollouts = self._rollouts(micro) if self._sm_active() else []
+        loss = self.trajectory_loss(model, data, rollouts, inputs["input_ids"].device, self._sm_active())
+        return (loss, None) if return_outputs else loss
+
+    def trajectory_loss(
+        self,
+        model: torch.nn.Module,
+        data: list[Trajectory],
+        rollouts: list[Trajectory],
+        device: torch.device,
+        with_sm: bool,
+    ) -> torch.Tensor:
+        """BC on ``data``, and with ``with_sm`` the mixture with L_SM on ``data`` and ``rollouts``, from one forward
+        pass over all their states (built on ``device``; rows shared where trajectories fit together)."""
+        mode = "train" if self.model.training else "eval"
         trajectories = data + rollouts
-        dtype = next(p for p in model.parameters()).dtype
-        batch = collate_states(
-            [parallel_states(t, self.bkspc_id) for t in trajectories],
+        batch = states_batch(
+            trajectories,
+            self.bkspc_id,
             self._pad,
-            dtype=dtype if dtype.is_floating_point else torch.float32,
+            dtype=torch.bool,  # converted for the attention implementation by `state_logits`
             eos_token_id=self._eos[0] if self._eos else None,
+            device=device,
+            pack=True,
         )
-        batch = {k: v.to(inputs["input_ids"].device) for k, v in batch.items()}
-        logits = state_logits(model, batch).float()
+        logits = state_logits(model, batch).float()  # a fresh tensor (gathered per state): written in place below
         # <bkspc> at an empty completion is not an action (the sampler forbids it): its state is the prompt's end.
-        prompt_end = torch.tensor([len(t.prompt) - 1 for t in trajectories], device=logits.device)
-        empty = batch["state_index"] == prompt_end[:, None]
-        blocked = torch.zeros_like(logits, dtype=torch.bool)
-        blocked[..., self.bkspc_id] = empty
-        logits = logits.masked_fill(blocked, float("-inf"))
+        logits.select(-1, self.bkspc_id).masked_fill_(batch["state_empty"], float("-inf"))
         n_data = len(data)
         bc = action_nll(
             logits[:n_data], batch["actions"][:n_data], batch["action_mask"][:n_data], reduction="sequence"
         )
-        store = _compat.metrics_store(self, mode)
-        store["sequencematch/bc_loss"].append(self._mean(bc))
-        if not self._sm_active():
-            return (bc, None) if return_outputs else bc
+        if not with_sm:
+            self.record_metrics(mode, bc_loss=bc)
+            return bc
         is_data = torch.arange(len(trajectories), device=logits.device) < n_data
         terms = sequencematch_loss(
             logits,
@@ -423,15 +435,9 @@ class SequenceMatchTrainer(CheckpointedMethodState, CardMixin, LossOnlyEvaluatio
             horizon=max(self.args.horizon or self.args.max_length or 0, batch["actions"].size(1)),
         )
         loss = (1 - self.args.sm_weight) * bc + self.args.sm_weight * terms.loss
-        for name in ("linear", "value", "chi2", "expert_reward", "rollout_reward"):
-            value = getattr(terms, name)
-            store[f"sequencematch/{name}"].append(self._mean(torch.as_tensor(value, device=logits.device)))
-        store["sequencematch/sm_loss"].append(self._mean(terms.loss))
-        return (loss, None) if return_outputs else loss
-
-    def _mean(self, value: torch.Tensor) -> float:
-        """The mean over processes of a scalar (every process calls this the same number of times)."""
-        return self.accelerator.gather(value.detach().float().reshape(1)).mean().item()
+        names = ("linear", "value", "chi2", "expert_reward", "rollout_reward")
+        self.record_metrics(mode, bc_loss=bc, **{name: getattr(terms, name) for name in names}, sm_loss=terms.loss)
+        return loss
 
     def reset_metrics(self, mode: str) -> None:
         super().reset_metrics(mode)
