@@ -225,33 +225,37 @@ def load_data_file_or_hub(script_args: ScriptArguments):
 
 def json_file_problem(path: str) -> str | None:
     """Where a ``.json``/``.jsonl`` file (plain or compressed) stops being rows: ``"line N: reason"`` or ``"is empty:
-    ..."``; ``None`` for other files and when every line parses. Read only after ``datasets`` failed on it."""
+    ..."``; ``None`` for other files and when every line parses. Read only after ``datasets`` failed on it; a JSON
+    Lines file is streamed, so a large corpus is never held in memory."""
     root, ext = os.path.splitext(path.lower())
     opener = _OPENERS.get(ext, open)
     ext = os.path.splitext(root)[1] if ext in _OPENERS else ext
     if ext not in (".json", ".jsonl"):
         return None
     with opener(path, "rt", encoding="utf-8", errors="replace") as f:
-        text = f.read()
-    if not text.strip():
-        return "is empty: it has no rows to train on."
-    if ext == ".json":
-        try:
-            json.loads(text)
-            return None
-        except json.JSONDecodeError as err:
-            if not err.msg.startswith("Extra data"):  # else JSON Lines under a .json name: read line by line
-                return f"line {err.lineno}, column {err.colno}: {err.msg.removesuffix(' starting at')}."
-    for number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as err:
-            return f"line {number}, column {err.colno}: {err.msg.removesuffix(' starting at')}."
-        if not isinstance(row, dict):
-            return f"line {number}: expected one JSON object per line, got {type(row).__name__} {line.strip():.40}."
-    return None
+        lines: Any = f
+        if ext == ".json":
+            text = f.read()
+            try:
+                json.loads(text)
+                return None
+            except json.JSONDecodeError as err:
+                if text.strip() and not err.msg.startswith("Extra data"):  # else JSON Lines: read line by line
+                    return f"line {err.lineno}, column {err.colno}: {err.msg.removesuffix(' starting at')}."
+            lines = text.splitlines()
+        empty = True
+        for number, line in enumerate(lines, start=1):
+            if not line.strip():
+                continue
+            empty = False
+            try:
+                row = json.loads(line.rstrip("\r\n"))  # a streamed line keeps its newline
+            except json.JSONDecodeError as err:
+                return f"line {number}, column {err.colno}: {err.msg.removesuffix(' starting at')}."
+            if not isinstance(row, dict):
+                got = f"{type(row).__name__} {line.strip():.40}"
+                return f"line {number}: expected one JSON object per line, got {got}."
+    return "is empty: it has no rows to train on." if empty else None
 
 
 def build_trainer(
