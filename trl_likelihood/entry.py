@@ -77,6 +77,12 @@ def top_parser() -> argparse.ArgumentParser:
         help="ProcessBench-style first-error F1 and step AUROC of a trained PRM on stepwise data.",
         add_help=False,
     )
+    subparsers.add_parser(
+        "score",
+        help="Score prompts with N candidates by a trained PRM: step rewards, best-of-N, weighted vote (resumable; "
+        "across processes under accelerate launch).",
+        add_help=False,
+    )
     for name, (text, replaces) in METHOD_HELP.items():
         # add_help=False: the method's own TrlParser answers `METHOD --help` with the full list of flags.
         subparsers.add_parser(name, help=f"{text} Replaces 'trl {replaces}'.", add_help=False)
@@ -94,6 +100,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from .prm_cli import main as evaluate_prm_main
 
         return evaluate_prm_main(argv[1:])
+    if argv and argv[0] == "score":
+        from .prm_cli import score_main
+
+        return score_main(argv[1:])
     if argv and argv[0] in METHOD_HELP:
         from .cli import run_method
 

@@ -1,10 +1,17 @@
-"""``trl-likelihood evaluate-prm``: ProcessBench-style evaluation of a trained PRM on stepwise-supervision data.
+"""The PRM commands: ``trl-likelihood evaluate-prm`` and ``trl-likelihood score``.
 
-It scores every response's steps, picks the threshold on a dev split (``--dev_split``, or ``--dev_fraction`` of the
-evaluated split held out), and prints the accuracy on erroneous and on correct responses, their F1 and the pooled step
-AUROC as JSON (also written to ``--output``)::
+``evaluate-prm`` is a ProcessBench-style evaluation of a trained PRM on stepwise-supervision data. It scores every
+response's steps, picks the threshold on a dev split (``--dev_split``, or ``--dev_fraction`` of the evaluated split
+held out), and prints the accuracy on erroneous and on correct responses, their F1 and the pooled step AUROC as JSON
+(also written to ``--output``)::
 
     trl-likelihood evaluate-prm --model my-prm --dataset_name data.jsonl --dev_fraction 0.2
+
+``score`` scores prompts with N candidate responses (``score_dataset``): step rewards, scores, best-of-N and the
+weighted vote per row, to JSON Lines or Parquet, resumable, across processes under ``accelerate launch``::
+
+    accelerate launch --num_processes 8 -m trl_likelihood.entry score --model my-prm --dataset_name cands.jsonl \
+        --output scored.jsonl
 """
 
 from __future__ import annotations
@@ -17,6 +24,7 @@ from types import SimpleNamespace
 from typing import Any
 
 PROG = "trl-likelihood evaluate-prm"
+SCORE_PROG = "trl-likelihood score"
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -59,21 +67,25 @@ def _splits(args: argparse.Namespace) -> tuple[Any, Any]:
     return splits[name], None
 
 
+def load_prm(model: str, reference: str = "base", beta: float | None = None, batch_size: int = 8, device=None) -> Any:
+    """The scorer for a trained PRM folder or Hub id."""
+    from .scoring import ImplicitPRM
+
+    return ImplicitPRM.from_pretrained(model, reference=reference, beta=beta, batch_size=batch_size, device=device)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Returns the exit status: 2 for a bad argument, dataset or model, as the training commands."""
     args = make_parser().parse_args(argv)
     try:
         from .prm_evaluation import evaluate_prm
-        from .scoring import ImplicitPRM
         from .stepwise_data import validate_stepwise_dataset
 
         evaluated, dev = _splits(args)
         validate_stepwise_dataset(evaluated, args.split or "the evaluated split")
         if dev is not None:
             validate_stepwise_dataset(dev, "the dev split")
-        scorer = ImplicitPRM.from_pretrained(
-            args.model, reference=args.reference, beta=args.beta, batch_size=args.batch_size
-        )
+        scorer = load_prm(args.model, args.reference, args.beta, args.batch_size)
         result = evaluate_prm(scorer, evaluated, dev_dataset=dev, threshold=args.threshold)
     except (ValueError, OSError) as err:
         print(f"{PROG}: error: {err}", file=sys.stderr)
@@ -84,6 +96,50 @@ def main(argv: Sequence[str] | None = None) -> int:
         with open(args.output, "w", encoding="utf-8") as f:
             f.write(text + "\n")
     return 0
+
+
+def make_score_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=SCORE_PROG, description=__doc__.split("\n\n")[3])
+    parser.add_argument("--model", required=True, help="The trained PRM: a local folder or Hub id (adapter or model).")
+    parser.add_argument("--reference", default="base", help="The implicit PRM's reference (default: the base).")
+    parser.add_argument("--dataset_name", required=True, help="Rows of prompt + candidates: a Hub id or local file.")
+    parser.add_argument("--dataset_config", default=None, help="The dataset's configuration name.")
+    parser.add_argument("--split", default=None, help="Split to score (default: the only one, else 'test').")
+    parser.add_argument("--output", required=True, help="Where the scores go: a .jsonl or .parquet file.")
+    parser.add_argument("--candidates_column", default="completions", help="The column of the N candidates.")
+    parser.add_argument("--beta", type=float, default=None, help="Implicit PRM: default the trained beta.")
+    parser.add_argument("--batch_size", type=int, default=8, help="Responses per forward.")
+    parser.add_argument("--chunk_size", type=int, default=256, help="Rows written at a time (what a crash loses).")
+    parser.add_argument("--no_progress", action="store_true", help="No progress bar.")
+    return parser
+
+
+def score_main(argv: Sequence[str] | None = None) -> int:
+    """``trl-likelihood score``; every process of an ``accelerate launch`` runs it. 2 for bad input."""
+    args = make_score_parser().parse_args(argv)
+    try:
+        from accelerate import PartialState
+
+        from .score_dataset import score_dataset
+
+        dataset = _one_split(args)
+        scorer = load_prm(args.model, args.reference, args.beta, args.batch_size, device=PartialState().device)
+        score_dataset(scorer, dataset, args.output, args.candidates_column, args.chunk_size, not args.no_progress)
+    except (ValueError, OSError) as err:
+        print(f"{SCORE_PROG}: error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _one_split(args: argparse.Namespace) -> Any:
+    from .cli import load_data_file_or_hub
+
+    source = SimpleNamespace(dataset_name=args.dataset_name, dataset_config=args.dataset_config)
+    splits = load_data_file_or_hub(SimpleNamespace(**vars(source), dataset_streaming=False))
+    name = args.split or (next(iter(splits)) if len(splits) == 1 else "test")
+    if name not in splits:
+        raise ValueError(f"{args.dataset_name} has splits {list(splits)}; name the one to score with --split.")
+    return splits[name]
 
 
 if __name__ == "__main__":
