@@ -13,6 +13,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, Trainer
 
 from tests.conftest import cpu_args
 from trl_likelihood.backspace import BACKSPACE, add_backspace_token
+from trl_likelihood.losses import action_nll
+from trl_likelihood.states import state_logits, states_batch
 from trl_likelihood.trainers import SequenceMatchConfig, SequenceMatchTrainer
 from trl_likelihood.trainers.sequencematch import BUFFER_STATE
 
@@ -193,3 +195,26 @@ def test_the_loss_path_reads_nothing_back_and_log_reads_once(
     assert {f"sequencematch/{k}" for k in ("bc_loss", "sm_loss", "chi2", "rollout_reward")} <= set(logged)
     mixed = 0.5 * logged["sequencematch/bc_loss"] + 0.5 * logged["sequencematch/sm_loss"]  # sm_weight 0.5
     assert mixed == pytest.approx(loss.detach().item(), rel=1e-6)  # two equal micro-batches: the mean is the value
+
+
+def test_backspace_is_blocked_at_empty_completions_in_the_loss(tiny_model_dir, prompt_completion_dataset, tmp_path):
+    """The BC loss equals ``action_nll`` on logits whose ``<bkspc>`` is -inf where the completion is empty (the
+    prompt's end, as the sampler forbids it), built the old way from the per-trajectory prompt lengths."""
+    trainer = SequenceMatchTrainer(
+        model=tiny_model_dir, args=_args(tmp_path, "blocked", sm_weight=0.0), train_dataset=prompt_completion_dataset
+    )
+    trainer.model.train()
+    data = trainer._data_trajectories(next(iter(trainer.get_train_dataloader())))
+    loss = trainer.trajectory_loss(trainer.model, data, [], torch.device("cpu"), with_sm=False)
+    batch = states_batch(data, trainer.bkspc_id, trainer._pad, eos_token_id=trainer._eos[0])
+    logits = state_logits(trainer.model, batch).float()
+    prompt_end = torch.tensor([len(t.prompt) - 1 for t in data])
+    blocked = torch.zeros_like(logits, dtype=torch.bool)
+    blocked[..., trainer.bkspc_id] = batch["state_index"] == prompt_end[:, None]
+    assert blocked.any()
+    expected = action_nll(
+        logits.masked_fill(blocked, float("-inf")), batch["actions"], batch["action_mask"], None, "sequence"
+    )
+    assert torch.equal(loss, expected)
+    unblocked = action_nll(logits, batch["actions"], batch["action_mask"], None, "sequence")
+    assert not torch.allclose(loss, unblocked)
