@@ -1,5 +1,6 @@
 """Safe artifacts, every trainer: after training with checkpoints and a push (to the fake Hub of test_push), the
-output folder and every upload hold weights as safetensors only, and no token, environment secret or local path.
+output folder and every upload hold weights as safetensors only, and no token, environment secret or local path (but
+the local folder's ``adapter_config.json`` keeps its base model's path, so that the folder loads as it is).
 
 Allowed non-safetensors files: transformers' resume state in checkpoints (``optimizer.pt``, ``scheduler.pt``,
 ``rng_state.pth``: optimizer moments and RNG states, not model weights), ``training_args.bin`` (the public copy of
@@ -51,6 +52,12 @@ def _assert_weights_are_safetensors(files: dict[str, bytes], allowed: set[str], 
             assert os.path.dirname(name) or name.endswith("training_args.bin"), f"{name}: resume state in the model"
 
 
+def _without_local_base(data: bytes, base: str) -> bytes:
+    config = json.loads(data)
+    assert config.pop("base_model_name_or_path") == base
+    return json.dumps(config).encode()
+
+
 @pytest.mark.parametrize("peft", [True, False], ids=["lora", "full"])
 @pytest.mark.parametrize("name", list(CASES))
 def test_saved_and_pushed_files_are_safe(name, peft, fake_hub, tiny_model_dir, tmp_path, monkeypatch, capsys):  # noqa: F811
@@ -74,7 +81,13 @@ def test_saved_and_pushed_files_are_safe(name, peft, fake_hub, tiny_model_dir, t
     files = _files(out)
     assert {"checkpoint-1/trainer_state.json", "checkpoint-2/optimizer.pt", "README.md"} <= files.keys()
     _assert_weights_are_safetensors(files, RESUME_STATE | set(case.state_files), peft)
-    _assert_clean(files, str(tmp_path), tiny_model_dir)
+    # Locally, PEFT's adapter config keeps the base's path, so that the folder loads as it is (a push never
+    # rewrites it); that one field is the only local path allowed, and only in the local folder.
+    local = {
+        n: _without_local_base(d, tiny_model_dir) if n.endswith("adapter_config.json") else d for n, d in files.items()
+    }
+    assert any(n.endswith("adapter_config.json") for n in local) == peft
+    _assert_clean(local, str(tmp_path), tiny_model_dir)
     assert len(fake_hub.uploads) >= 3  # both checkpoints and the final push
     for upload in fake_hub.uploads:
         _assert_clean(upload["files"], str(tmp_path), tiny_model_dir)
