@@ -19,11 +19,14 @@ _EXPORTS = {
     "MixCETrainer": ".trainers",
     "SequenceMatchConfig": ".trainers",
     "SequenceMatchTrainer": ".trainers",
+    "StepwisePRMConfig": ".trainers",
+    "StepwisePRMTrainer": ".trainers",
     "ImplicitPRM": ".scoring",
     "LikelihoodDiagnosticsCallback": ".diagnostics",
     "likelihood_ratio_score": ".scoring",
     "BackspaceSamples": ".generation",
     "StepScores": ".scoring",
+    "StepwisePRM": ".stepwise_prm",
     "ddo_loss": ".losses",
     "implicit_prm_dpo_loss": ".losses",
     "implicit_prm_loss": ".losses",
@@ -47,6 +50,9 @@ __all__ = [
     "SequenceMatchConfig",
     "SequenceMatchTrainer",
     "StepScores",
+    "StepwisePRM",
+    "StepwisePRMConfig",
+    "StepwisePRMTrainer",
     "__version__",
     "ddo_loss",
     "implicit_prm_dpo_loss",
@@ -72,6 +78,7 @@ if TYPE_CHECKING:
         sequencematch_loss,
     )
     from .scoring import ImplicitPRM, StepScores, likelihood_ratio_score
+    from .stepwise_prm import StepwisePRM
     from .trainers import (
         DDOConfig,
         DDOTrainer,
@@ -81,6 +88,8 @@ if TYPE_CHECKING:
         MixCETrainer,
         SequenceMatchConfig,
         SequenceMatchTrainer,
+        StepwisePRMConfig,
+        StepwisePRMTrainer,
     )
 
 

@@ -4,6 +4,7 @@ from .ddo import DDOConfig, DDOTrainer
 from .implicit_prm import ImplicitPRMConfig, ImplicitPRMTrainer
 from .mixce import MixCEConfig, MixCETrainer
 from .sequencematch import SequenceMatchConfig, SequenceMatchTrainer
+from .stepwise_prm import StepwisePRMConfig, StepwisePRMTrainer
 
 __all__ = [
     "DDOConfig",
@@ -14,4 +15,6 @@ __all__ = [
     "MixCETrainer",
     "SequenceMatchConfig",
     "SequenceMatchTrainer",
+    "StepwisePRMConfig",
+    "StepwisePRMTrainer",
 ]

@@ -151,7 +151,8 @@ class NonEmptyPreparedData:
                     "completion was truncated away). Raise `max_length` or shorten the prompts."
                 )
             before = given.get(where)
-            if self.args.packing or not (hasattr(before, "__len__") and hasattr(dataset, "__len__")):
+            packed = getattr(self.args, "packing", False)  # configs without SFT's `packing` never pack
+            if packed or not (hasattr(before, "__len__") and hasattr(dataset, "__len__")):
                 continue
             self.dropped_rows[where] = len(before) - len(dataset)
             if self.dropped_rows[where] > 0:

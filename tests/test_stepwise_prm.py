@@ -1,0 +1,314 @@
+"""StepwisePRMTrainer and StepwisePRM: label positions counted by hand, logits at init equal to a plain forward, the
+base frozen under LoRA, named data errors, a saved model that scores what it was trained on, and the scorer interface
+it shares with ImplicitPRM."""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+
+import pytest
+import torch
+import torch.nn.functional as F
+from datasets import Dataset
+from peft import LoraConfig
+from transformers import AutoModelForCausalLM, AutoModelForTokenClassification, AutoTokenizer
+
+from tests.conftest import cpu_args
+from trl_likelihood import ImplicitPRM, StepScores, StepwisePRM, StepwisePRMConfig, StepwisePRMTrainer
+from trl_likelihood.prm_scorer import sigmoid
+from trl_likelihood.trainers.stepwise_prm import step_label_loss
+
+# Words of the tiny tokenizer's corpus; every row has a correct and an incorrect step, so every batch has both.
+ROWS = [
+    ("the cat runs", ["over the dog.", "a red model", "writes new words."], [True, False, True]),
+    ("a model learns", ["text from data", "and the dog runs fast."], [False, True]),
+    ("the policy", ["samples tokens.", "the reward is small", "blue", "green answer."], [True, True, False, True]),
+    ("question", ["the step", "answer over the cat."], [True, False]),
+]
+LORA = dict(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"])
+
+
+def _data(n: int = 8, conversational: bool = False) -> Dataset:
+    rows = [ROWS[i % len(ROWS)] for i in range(n)]
+    prompts = [[{"role": "user", "content": p}] if conversational else p for p, _, _ in rows]
+    return Dataset.from_dict(
+        {"prompt": prompts, "completions": [c for _, c, _ in rows], "labels": [lab for _, _, lab in rows]}
+    )
+
+
+def _args(tmp_path, name: str = "run", **kw) -> StepwisePRMConfig:
+    train = {k: kw.pop(k) for k in list(kw) if k in cpu_args()}
+    return StepwisePRMConfig(f"{tmp_path}/{name}", **kw, **cpu_args(**train))
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tiny_model_dir):
+    return AutoTokenizer.from_pretrained(tiny_model_dir)
+
+
+def _classifier(path: str, seed: int = 0) -> torch.nn.Module:
+    torch.manual_seed(seed)  # the head `score` is new: seeded, so two builds are the same model
+    return AutoModelForTokenClassification.from_pretrained(path, num_labels=2)
+
+
+def _by_hand(tokenizer, prompt, steps: list[str], separator: str = "\n") -> tuple[list[int], list[int]]:
+    """Input ids and step-end indices counted from the tokenizer: prompt (a chat one rendered by the template), then
+    each step's tokens with the separator's appended."""
+    if isinstance(prompt, str):
+        assert tokenizer.bos_token_id is None  # the tiny tokenizer has no BOS, so none is prepended
+        ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    else:
+        text = tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=False)
+        assert text.endswith("<|im_start|>assistant\n")
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    ends = []
+    for step in steps:
+        ids = ids + tokenizer(step, add_special_tokens=False)["input_ids"] + tokenizer(separator)["input_ids"]
+        ends.append(len(ids) - 1)
+    return ids, ends
+
+
+@pytest.mark.parametrize("conversational", [False, True], ids=["text", "chat"])
+def test_labels_sit_exactly_at_the_step_ends(tiny_model_dir, tokenizer, tmp_path, conversational):
+    data = _data(4, conversational)
+    trainer = StepwisePRMTrainer(tiny_model_dir, args=_args(tmp_path, max_length=None), train_dataset=data)
+    for i in range(4):
+        ids, ends = _by_hand(tokenizer, data[i]["prompt"], data[i]["completions"])
+        row = trainer.train_dataset[i]
+        assert row["input_ids"] == ids
+        expected = [-100] * len(ids)
+        for end, label in zip(ends, data[i]["labels"]):
+            expected[end] = int(label)
+        assert row["labels"] == expected
+    assert tokenizer.decode(trainer.train_dataset[0]["input_ids"]).endswith(
+        "over the dog.\na red model\nwrites new words.\n"
+    )
+
+
+def test_truncation_and_last_step_only(tiny_model_dir, tokenizer, tmp_path):
+    ids, ends = _by_hand(tokenizer, ROWS[0][0], ROWS[0][1])
+    prompt_len = len(tokenizer(ROWS[0][0])["input_ids"])
+    # max_length ends inside step 2: only step 1 keeps its label; row 3's prompt alone fills it, so it is dropped
+    data = Dataset.from_dict(
+        {"prompt": [ROWS[0][0], "the " * 30], "completions": [ROWS[0][1]] * 2, "labels": [ROWS[0][2]] * 2}
+    )
+    trainer = StepwisePRMTrainer(
+        tiny_model_dir, args=_args(tmp_path, max_length=ends[1], max_prompt_length=None), train_dataset=data
+    )
+    assert len(trainer.train_dataset) == 1 and trainer.dropped_rows["train_dataset"] == 1
+    row = trainer.train_dataset[0]
+    assert row["input_ids"] == ids[: ends[1]] and [i for i, x in enumerate(row["labels"]) if x != -100] == [ends[0]]
+    last = StepwisePRMTrainer(
+        tiny_model_dir,
+        args=_args(tmp_path, train_on_last_step_only=True, max_prompt_length=2),
+        train_dataset=data.select([0]),
+    )
+    row = last.train_dataset[0]  # the prompt keeps its last 2 tokens; only the last step is labelled
+    assert row["input_ids"] == ids[prompt_len - 2 :]
+    assert [(i, x) for i, x in enumerate(row["labels"]) if x != -100] == [(ends[-1] - prompt_len + 2, 1)]
+
+
+def test_step_label_loss_is_cross_entropy_at_the_labels():
+    logits = torch.randn(2, 5, 2)
+    labels = torch.tensor([[-100, 1, -100, 0, -100], [0, -100, -100, -100, 1]])
+    expected = F.cross_entropy(logits.reshape(-1, 2), labels.reshape(-1), ignore_index=-100)
+    torch.testing.assert_close(step_label_loss(logits, labels), expected, rtol=1e-6, atol=0)
+    torch.testing.assert_close(step_label_loss(logits, labels, num_labelled=8), expected / 2, rtol=1e-6, atol=0)
+
+
+def test_logits_at_init_are_a_plain_forward_at_the_step_ends(tiny_model_dir, tokenizer, tmp_path):
+    model = _classifier(tiny_model_dir)
+    plain = copy.deepcopy(model).eval()
+    data = _data(3)
+    trainer = StepwisePRMTrainer(model, args=_args(tmp_path), train_dataset=data, processing_class=tokenizer)
+    batch = trainer._prepare_inputs(trainer.data_collator([trainer.train_dataset[i] for i in range(3)]))
+    assert batch["input_ids"].shape[1] > min(len(r) for r in trainer.train_dataset[:3]["input_ids"])  # padded
+    trainer.model.eval()
+    with torch.no_grad():
+        loss = trainer.compute_loss(trainer.model, dict(batch))
+    recorded = trainer._steps["eval"][-1]  # (log-odds, label) per step, padded rows labelled -1
+    recorded = recorded[recorded[:, 1] >= 0]
+    logodds, labels, picked = [], [], []
+    for i in range(3):
+        ids, ends = _by_hand(tokenizer, data[i]["prompt"], data[i]["completions"])
+        with torch.no_grad():
+            logits = plain(input_ids=torch.tensor([ids])).logits[0, ends]  # (steps, 2), unpadded
+        logodds.append(logits[:, 1] - logits[:, 0])
+        labels += [int(x) for x in data[i]["labels"]]
+        picked.append(logits)
+    torch.testing.assert_close(recorded[:, 0], torch.cat(logodds), rtol=1e-5, atol=1e-5)
+    assert recorded[:, 1].tolist() == labels
+    expected = F.cross_entropy(torch.cat(picked), torch.tensor(labels))
+    torch.testing.assert_close(loss, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_training_moves_weights_and_logs_finite_step_metrics(tiny_model_dir, tmp_path):
+    trainer = StepwisePRMTrainer(
+        tiny_model_dir,
+        args=_args(tmp_path, eval_strategy="steps", eval_steps=3),
+        train_dataset=_data(8),
+        eval_dataset=_data(4),
+    )
+    before = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
+    trainer.train()
+    assert all(not torch.equal(p, before[n]) for n, p in trainer.model.named_parameters())
+    steps = [h for h in trainer.state.log_history if "loss" in h]
+    assert len(steps) == 3
+    for h in steps:
+        for key in ("loss", "prm/step_accuracy", "prm/step_auroc"):
+            assert math.isfinite(h[key]), key
+    evals = [h for h in trainer.state.log_history if "eval_loss" in h]
+    assert evals and all(math.isfinite(evals[-1][k]) for k in ("eval_prm/step_accuracy", "eval_prm/step_auroc"))
+
+
+def test_accumulation_equals_one_big_batch(tiny_model_dir, tmp_path):
+    """Rows hold 2 to 4 labelled steps, so per-micro-batch means would weight steps unevenly; SGD shows it."""
+    runs = []
+    for name, batch, accumulation in (("big", 4, 1), ("acc", 2, 2)):
+        args = _args(
+            tmp_path,
+            name,
+            optim="sgd",
+            learning_rate=0.5,
+            max_steps=1,
+            per_device_train_batch_size=batch,
+            gradient_accumulation_steps=accumulation,
+        )
+        trainer = StepwisePRMTrainer(_classifier(tiny_model_dir), args=args, train_dataset=_data(4))
+        trainer.train()
+        runs.append(trainer)
+    for (n, p), (_, q) in zip(runs[0].model.named_parameters(), runs[1].model.named_parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6, msg=n)
+    losses = [[h["loss"] for h in t.state.log_history if "loss" in h][0] for t in runs]
+    assert losses[0] == pytest.approx(losses[1], rel=1e-5)
+
+
+@pytest.mark.parametrize("task_type", [None, "TOKEN_CLS", "CAUSAL_LM"])
+def test_lora_freezes_the_base_and_trains_adapter_and_head(tiny_model_dir, tmp_path, task_type):
+    trainer = StepwisePRMTrainer(
+        tiny_model_dir,
+        args=_args(tmp_path, learning_rate=5e-2),
+        train_dataset=_data(8),
+        peft_config=LoraConfig(**LORA, task_type=task_type),
+    )
+    trainable = {n for n, p in trainer.model.named_parameters() if p.requires_grad}
+    assert any("lora_" in n for n in trainable) and any("score.modules_to_save" in n for n in trainable)
+    assert all("lora_" in n or "modules_to_save" in n for n in trainable)
+    before = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
+    trainer.train()
+    after = dict(trainer.model.named_parameters())
+    for n in before:
+        if n not in trainable:
+            assert torch.equal(after[n], before[n]), f"frozen weight {n} moved"
+    assert not torch.equal(
+        after[next(n for n in trainable if "lora_B" in n)], before[next(n for n in trainable if "lora_B" in n)]
+    )
+    assert all(not torch.equal(after[n], before[n]) for n in trainable if "modules_to_save" in n)
+
+
+def test_peft_task_type_other_than_token_cls_is_refused(tiny_model_dir, tmp_path):
+    with pytest.raises(ValueError, match="task_type` must be 'TOKEN_CLS'"):
+        StepwisePRMTrainer(
+            tiny_model_dir,
+            args=_args(tmp_path),
+            train_dataset=_data(),
+            peft_config=LoraConfig(**LORA, task_type="SEQ_CLS"),
+        )
+
+
+@pytest.mark.parametrize(
+    ("column", "row", "value", "message"),
+    [
+        (
+            "labels",
+            2,
+            [1, 1, 2, 1],
+            r"train_dataset: column 'labels', row 2, step 2: expected a boolean or 0/1, got 2",
+        ),
+        ("completions", 1, ["ok", ""], r"train_dataset: column 'completions', row 1, step 1: expected a non-empty"),
+        ("labels", 3, [1], r"train_dataset: column 'labels', row 3: expected one label per step \(2\)"),
+    ],
+)
+def test_bad_stepwise_data_is_refused_before_training(tiny_model_dir, tmp_path, column, row, value, message):
+    rows = [{**r, "labels": [int(x) for x in r["labels"]]} for r in _data(4).to_list()]  # ints: Arrow keeps a 2
+    rows[row][column] = value
+    with pytest.raises(ValueError, match=message):
+        StepwisePRMTrainer(tiny_model_dir, args=_args(tmp_path), train_dataset=Dataset.from_list(rows))
+
+
+def test_config_defaults_and_checks(tmp_path):
+    args = StepwisePRMConfig(str(tmp_path), use_cpu=True)
+    assert (args.step_separator, args.logging_steps, args.learning_rate, args.bf16) == ("\n", 10, 1e-5, True)
+    assert StepwisePRMConfig(str(tmp_path), use_cpu=True, fp16=False, bf16=False).bf16 is False
+    with pytest.raises(ValueError, match="`max_length` must be an integer >= 1"):
+        StepwisePRMConfig(str(tmp_path), use_cpu=True, max_length=0)
+
+
+@pytest.mark.parametrize("peft", [False, True], ids=["full", "lora"])
+def test_saved_model_reloads_and_scores_the_trained_positions(tiny_model_dir, tokenizer, tmp_path, peft):
+    out = tmp_path / "saved"
+    trainer = StepwisePRMTrainer(
+        tiny_model_dir,
+        args=_args(tmp_path, step_separator=" ;", max_steps=2, learning_rate=5e-2),
+        train_dataset=_data(8),
+        peft_config=LoraConfig(**LORA) if peft else None,
+    )
+    trainer.train()
+    trainer.save_model(str(out))
+    assert json.load(open(out / "method_settings.json"))["step_separator"] == " ;"
+    card = open(out / "README.md").read()
+    assert "stepwise-prm" in card and "process reward model" in card and '| `step_separator` | `" ;"` |' in card
+    assert ("adapter_config.json" in os.listdir(out)) == peft
+    prm = StepwisePRM.from_pretrained(str(out))
+    assert prm.step_separator == " ;"  # read back from method_settings.json
+    prompt, steps = ROWS[2][0], ROWS[2][1]
+    result = prm.score(prompt, steps)
+    assert isinstance(result, StepScores) and len(result.step_rewards) == len(steps)
+    ids, ends = _by_hand(tokenizer, prompt, steps, " ;")
+    trainer.model.eval()
+    with torch.no_grad():
+        logits = trainer.model(input_ids=torch.tensor([ids])).logits[0, ends].float()
+    torch.testing.assert_close(
+        torch.tensor(result.step_rewards, dtype=torch.float64),
+        (logits[:, 1] - logits[:, 0]).double(),
+        rtol=1e-5,
+        atol=1e-5,
+    )
+    assert result.score == min(result.step_rewards)
+    assert sum(result.num_tokens) == len(ids) - len(tokenizer(prompt)["input_ids"])  # every step token, once
+    assert max(abs(r) for r in result.step_rewards) > 1e-3  # training moved the head off a constant
+
+
+def _rank_and_vote(scorer, prompt, candidates, answers):
+    """What a user runs with either scorer, unchanged: Best-of-N and a weighted vote, checked against score()."""
+    scores = [s.score for s in scorer.score(prompt, candidates)]
+    best, got = scorer.best_of_n(prompt, candidates)
+    assert got == pytest.approx(scores) and best == max(range(len(scores)), key=scores.__getitem__)
+    winner, weights = scorer.weighted_majority_vote(prompt, candidates, answers)
+    expected = {}
+    for answer, score in zip(answers, scores):
+        expected[answer] = expected.get(answer, 0.0) + sigmoid(score)
+    assert weights == pytest.approx(expected) and winner == max(expected, key=expected.get)
+    return best, winner
+
+
+def test_implicit_and_explicit_scorers_are_used_the_same_way(tiny_model_dir, tokenizer):
+    reference = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    with torch.no_grad():
+        torch.manual_seed(1)
+        for p in reference.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    model = _classifier(tiny_model_dir, seed=3)
+    scorers = [ImplicitPRM(tiny_model_dir, reference=reference, beta=0.5), StepwisePRM(model, tokenizer)]
+    candidates = [ROWS[0][1], ROWS[1][1], ROWS[2][1]]
+    for scorer in scorers:
+        _rank_and_vote(scorer, "the cat runs", candidates, ["14", "12", "14"])
+        for aggregate in ("min", "sum", "last", "min_q"):
+            result = scorer.score("the cat runs", candidates[0], aggregate=aggregate)
+            assert len(result.step_rewards) == len(result.q_values) == len(result.num_tokens) == 3
+            assert result.q_values == pytest.approx(torch.tensor(result.step_rewards).cumsum(0).tolist())
+    with pytest.raises(ValueError, match="num_labels"):
+        StepwisePRM(AutoModelForTokenClassification.from_pretrained(tiny_model_dir, num_labels=3), tokenizer)
