@@ -50,6 +50,34 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     items.sort(key=rank)  # stable: tests keep their order inside a module
 
 
+# Every test should take at most a third of its timeout on an idle 2-core machine, so that a loaded CI host (3x slower)
+# still finishes it. The run's summary names those that took longer (setup, call and teardown together; a module
+# fixture counts in its first test).
+_SPENT: dict[str, list[float]] = {}
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> object:
+    marker = item.get_closest_marker("timeout")
+    timeout = float(marker.args[0]) if marker and marker.args else float(item.config.getini("timeout") or 0)
+    outcome = yield
+    outcome.get_result().user_properties.append(("timeout", timeout))
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    timeout = dict(report.user_properties).get("timeout", 0.0)
+    spent = _SPENT.setdefault(report.nodeid, [0.0, timeout])
+    spent[0] += report.duration
+
+
+def pytest_terminal_summary(terminalreporter: object, exitstatus: int, config: pytest.Config) -> None:
+    slow = sorted((s, t, n) for n, (s, t) in _SPENT.items() if t and s > t / 3)
+    if slow:
+        terminalreporter.section("tests over a third of their timeout")
+        for spent, timeout, nodeid in reversed(slow):
+            terminalreporter.write_line(f"{spent:7.1f} s of {timeout:.0f} s  {nodeid}")
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> str:
     """A saved tiny Qwen2 model and its tokenizer: tests load them with ``from_pretrained(path)``."""
