@@ -12,7 +12,14 @@ from hypothesis import strategies as st
 
 from tests.test_backspace import EOS, PAD, TRAJECTORIES, VOCAB, B, _qwen2
 from trl_likelihood.backspace import Trajectory, augment_with_noise
-from trl_likelihood.states import ParallelStates, collate_states, parallel_states, state_logits, states_batch
+from trl_likelihood.states import (
+    ParallelStates,
+    collate_states,
+    parallel_states,
+    replay_states,
+    state_logits,
+    states_batch,
+)
 
 
 def reference_parallel_states(traj: Trajectory, bkspc_id: int) -> ParallelStates:
@@ -135,17 +142,41 @@ def test_packing_shares_rows_and_keeps_each_trajectory_alone():
     assert packed["first_state"] <= first
 
 
+LAYOUTS = {
+    "packed": dict(pack=True),
+    "no-bkspc": dict(feed_backspaces=False),
+    "both": dict(pack=True, feed_backspaces=False),
+}
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("attn_implementation", ["eager", "sdpa"])
-def test_packed_state_logits_equal_one_row_per_trajectory(attn_implementation):
+def test_shorter_layouts_give_the_same_state_logits(attn_implementation, layout):
+    """Shared rows and rows without <bkspc> tokens: the same logits for every state, from fewer tokens."""
     model = _qwen2(attn_implementation)
     trajectories = _packable()
     with torch.no_grad():
-        plain = state_logits(model, states_batch(trajectories, B, PAD, eos_token_id=EOS))
-        packed_batch = states_batch(trajectories, B, PAD, eos_token_id=EOS, pack=True)
-        packed = state_logits(model, packed_batch)
-    keep = packed_batch["state_mask"]
-    torch.testing.assert_close(packed[keep], plain[keep], rtol=0, atol=1e-5)
+        plain_batch = states_batch(trajectories, B, PAD, eos_token_id=EOS)
+        plain = state_logits(model, plain_batch)
+        short_batch = states_batch(trajectories, B, PAD, eos_token_id=EOS, **LAYOUTS[layout])
+        short = state_logits(model, short_batch)
+    assert short_batch["input_ids"].numel() < plain_batch["input_ids"].numel()
+    for key in ("actions", "action_mask", "state_mask", "terminated", "state_empty"):
+        assert torch.equal(short_batch[key], plain_batch[key]), key
+    keep = short_batch["state_mask"]
+    torch.testing.assert_close(short[keep], plain[keep], rtol=0, atol=1e-5)
     assert plain.shape[-1] == VOCAB and plain[keep].std() > 0.1
+
+
+def test_rows_without_backspaces_hold_each_stream_minus_its_backspaces():
+    trajectories = _packable()
+    batch = states_batch(trajectories, B, PAD, dtype=torch.bool, eos_token_id=EOS, feed_backspaces=False)
+    for b, traj in enumerate(trajectories):
+        fed = traj.prompt + [x for x in traj.stream if x != B]
+        assert batch["input_ids"][b, : len(fed)].tolist() == fed
+        assert (batch["input_ids"][b, len(fed) :] == PAD).all()
+        mask = batch["attention_mask"][b, 0]
+        assert mask.diagonal().all() and not mask.triu(1).any()
 
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
@@ -160,3 +191,17 @@ def test_states_batch_builds_on_the_requested_device(device):
         if isinstance(value, torch.Tensor):
             assert there[key].device.type == device and torch.equal(there[key].cpu(), value), key
     assert isinstance(there["first_state"], int) and there["first_state"] == on_cpu["first_state"]
+
+
+@settings(max_examples=150, deadline=None)
+@given(_batches(), st.sampled_from(list(LAYOUTS)))
+def test_every_layout_attends_to_exactly_the_replayed_states(trajectories, layout):
+    """In every layout, state ``i``'s query attends to exactly the tokens of replayed state ``u_i``, at 0..n-1."""
+    batch = states_batch(trajectories, B, PAD, dtype=torch.bool, eos_token_id=EOS, **LAYOUTS[layout])
+    for b, traj in enumerate(trajectories):
+        row = int(batch["state_row"][b])
+        mask, ids, positions = batch["attention_mask"][row, 0], batch["input_ids"][row], batch["position_ids"][row]
+        for index, state in zip(batch["state_index"][b].tolist(), replay_states(traj, B)):
+            keys = torch.nonzero(mask[index]).flatten()
+            assert ids[keys].tolist() == state and keys[-1] == index
+            assert positions[keys].tolist() == list(range(len(state)))

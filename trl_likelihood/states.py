@@ -186,13 +186,18 @@ def states_batch(
     eos_token_id: int | None = None,
     device: torch.device | str | None = None,
     pack: bool = False,
+    feed_backspaces: bool = True,
 ) -> dict[str, Any]:
     """The batch for ``state_logits`` and the SequenceMatch loss, built on ``device`` with tensor operations.
 
-    Without ``pack`` it equals ``collate_states([parallel_states(t) for t in trajectories])`` exactly (tested against
-    the per-token construction). With ``pack``, trajectories share rows in order (first fit, up to the longest
-    trajectory's length) instead of each being padded to it: the 4-D mask is block-diagonal and positions restart in
-    each trajectory, so every state's logits are those of the unpacked batch, from fewer padded tokens.
+    With the defaults it equals ``collate_states([parallel_states(t) for t in trajectories])`` exactly (tested against
+    the per-token construction). Two options give the same state logits from fewer tokens (tested):
+
+    - ``feed_backspaces=False`` leaves the ``<bkspc>`` tokens out of the rows: no state reads their output and no
+      position attends to them, so they only cost compute (a noise token and its ``<bkspc>`` add two tokens to a data
+      row, of which only the noise token is a state).
+    - ``pack=True``: trajectories share rows in order (first fit, up to the longest one's length) instead of each
+      being padded to it; the 4-D mask is block-diagonal and positions restart in each trajectory.
 
     Returns:
         As ``collate_states`` (``attention_mask`` in ``dtype``; ``torch.bool`` gives true = attend), over ``R`` rows
@@ -205,9 +210,12 @@ def states_batch(
         raise ValueError("`states_batch` needs at least one trajectory.")
     n_prompt_host = [len(t.prompt) for t in trajectories]
     length_host = [len(t.prompt) + len(t.stream) for t in trajectories]
+    fed_host = (
+        length_host if feed_backspaces else [n - t.stream.count(bkspc_id) for n, t in zip(length_host, trajectories)]
+    )
     steps_host = [sum(t.is_action) for t in trajectories]
-    width, horizon, count = max(length_host), max(steps_host), len(trajectories)
-    rows_host, offsets_host = _first_fit(length_host, width) if pack else (list(range(count)), [0] * count)
+    width, horizon, count, row_width = max(length_host), max(steps_host), len(trajectories), max(fed_host)
+    rows_host, offsets_host = _first_fit(fed_host, row_width) if pack else (list(range(count)), [0] * count)
     n_rows = max(rows_host) + 1
     flat_ids = list(itertools.chain.from_iterable(x for t in trajectories for x in (t.prompt, t.stream)))
     flat_actions = list(
@@ -221,7 +229,7 @@ def states_batch(
     flat_ids = torch.tensor(flat_ids, dtype=torch.long).to(device)
     flat_actions = torch.tensor(flat_actions, dtype=torch.bool).to(device)
 
-    # Per trajectory (N, W): the flat lists right-padded.
+    # Per trajectory (N, W): the flat lists right-padded; alive counts, positions, deaths and the last alive token.
     ar = torch.arange(width, device=device)
     valid = ar < length[:, None]
     owner = torch.repeat_interleave(torch.arange(count, device=device), length, output_size=len(flat_ids))
@@ -233,34 +241,39 @@ def states_batch(
     counts = _alive_counts(tokens, valid, n_prompt, bkspc_id)
     positions = torch.cat([counts.new_zeros(count, 1), counts[:, :-1]], 1).masked_fill(~valid, 0)
     death = _deaths(counts, valid, is_bkspc)
+    alive = (ar[None, :] <= ar[:, None]) & (death[:, None, :] > ar[None, :, None]) & valid[:, None, :]  # [p, q]
+    last = (width - 1) - alive.flip(-1).to(torch.uint8).argmax(-1)  # the last token alive after each position
 
-    # Into the rows (R, W): each trajectory at its offset; death in row coordinates.
-    into = torch.where(valid, rows[:, None] * width + offsets[:, None] + ar, n_rows * width).flatten()
+    # Into the rows (R, W'): the fed tokens of each trajectory from its offset; deaths in row coordinates.
+    fed = valid & ~is_bkspc if not feed_backspaces else valid
+    column = offsets[:, None] + fed.long().cumsum(1) - fed.long()  # (N, W) the row column of each fed token
+    into = torch.where(fed, rows[:, None] * row_width + column, n_rows * row_width).flatten()
 
     def place(values: torch.Tensor, fill: Any) -> torch.Tensor:
-        return _padded(values.flatten(), into, n_rows * width, fill).view(n_rows, width)
+        return _padded(values.flatten(), into, n_rows * row_width, fill).view(n_rows, row_width)
 
+    dies_at = torch.where(death < width, column.gather(1, death.clamp(max=width - 1)), 2 * row_width)
     segment = place(torch.arange(count, device=device)[:, None].expand(count, width), -1)
-    row_death = place(death + offsets[:, None], 2 * width)
+    row_death = place(dies_at, 2 * row_width)
     row_bkspc = place(is_bkspc, True)  # padding rows attend to themselves only, like a <bkspc> row
-    causal = ar[None, :] <= ar[:, None]
-    alive = (segment[:, :, None] == segment[:, None, :]) & causal & (row_death[:, None, :] > ar[None, :, None])
-    top = (width - 1) - alive.flip(-1).to(torch.uint8).argmax(-1)  # (R, W) the last token alive after each position
-    allowed = torch.where(row_bkspc[:, :, None], torch.eye(width, dtype=torch.bool, device=device), alive)
+    ac = torch.arange(row_width, device=device)
+    row_alive = (segment[:, :, None] == segment[:, None, :]) & (ac[None, :] <= ac[:, None])
+    row_alive &= row_death[:, None, :] > ac[None, :, None]
+    allowed = torch.where(row_bkspc[:, :, None], torch.eye(row_width, dtype=torch.bool, device=device), row_alive)
 
     # Decision states: before each action, the last alive token of the previous position; then the final state.
-    top_here = top.flatten()[into.clamp(max=n_rows * width - 1)].view(count, width)  # row coordinates, per token
-    before = torch.cat([top_here[:, :1], top_here[:, :-1]], 1)
+    top = column.gather(1, last)  # (N, W) row column of the last token alive after each position
+    before = torch.cat([top[:, :1], top[:, :-1]], 1)
     slot = torch.where(is_action, is_action.cumsum(1) - 1, horizon + 1)
     state_index = torch.zeros(count, horizon + 2, dtype=torch.long, device=device).scatter_(1, slot, before)
-    final = top_here.gather(1, (length - 1)[:, None])
+    final = top.gather(1, (length - 1)[:, None])
     state_index = state_index.scatter_(1, steps[:, None], final)[:, : horizon + 1]
     state_mask = torch.arange(horizon + 1, device=device) <= steps[:, None]
     state_index = torch.where(state_mask, state_index, offsets[:, None])
     actions = torch.zeros(count, horizon + 2, dtype=torch.long, device=device).scatter_(1, slot, tokens)
-    last = actions.gather(1, (steps - 1).clamp(min=0)[:, None])[:, 0]
+    last_action = actions.gather(1, (steps - 1).clamp(min=0)[:, None])[:, 0]
     actions, action_mask = actions[:, :horizon], state_mask[:, 1:]
-    terminated = (steps > 0) & (last == eos_token_id) if eos_token_id is not None else steps < 0
+    terminated = (steps > 0) & (last_action == eos_token_id) if eos_token_id is not None else steps < 0
     return {
         "input_ids": place(tokens, pad_token_id),
         "position_ids": place(positions, 0),

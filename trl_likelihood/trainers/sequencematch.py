@@ -18,7 +18,8 @@ Choices made here (the paper's Eq. 4/5 and its masking algorithm could not be re
   per-device batches, gradient accumulation and several processes train exactly like one big batch (tested).
 - All decision states of a trajectory come from one forward pass over its physical token stream with a 4-D attention
   mask and position ids over the tokens still alive (``states.states_batch``, built on the device; tested equal to
-  replaying states). Short trajectories (rollouts) share rows with a block-diagonal mask instead of being padded.
+  replaying states). The ``<bkspc>`` tokens are left out of the rows (nothing reads or attends to them), and short
+  trajectories (rollouts) share rows with a block-diagonal mask instead of being padded.
 - Metrics stay on the device until ``log``: one gather and one host read per logging step, none in the loss.
 - ``<bkspc>`` is masked out (logit -inf) at states whose completion is empty, in the loss as in generation: the
   prompt can never be deleted.
@@ -398,7 +399,7 @@ class SequenceMatchTrainer(CheckpointedMethodState, DeviceMetrics, CardMixin, Lo
         with_sm: bool,
     ) -> torch.Tensor:
         """BC on ``data``, and with ``with_sm`` the mixture with L_SM on ``data`` and ``rollouts``, from one forward
-        pass over all their states (built on ``device``; rows shared where trajectories fit together)."""
+        pass over all their states (built on ``device``; rows shared where trajectories fit, no ``<bkspc>`` fed)."""
         mode = "train" if self.model.training else "eval"
         trajectories = data + rollouts
         batch = states_batch(
@@ -409,6 +410,7 @@ class SequenceMatchTrainer(CheckpointedMethodState, DeviceMetrics, CardMixin, Lo
             eos_token_id=self._eos[0] if self._eos else None,
             device=device,
             pack=True,
+            feed_backspaces=False,
         )
         logits = state_logits(model, batch).float()  # a fresh tensor (gathered per state): written in place below
         # <bkspc> at an empty completion is not an action (the sampler forbids it): its state is the prompt's end.
