@@ -124,10 +124,16 @@ class PRMScorer:
         """
         if len(answers) != len(candidates):
             raise ValueError(f"Got {len(answers)} answers for {len(candidates)} candidates; pass one per candidate.")
-        weights: dict[str, float] = {}
-        for answer, result in zip(answers, self.score(prompt, _candidates(candidates), aggregate)):
-            weights[answer] = weights.get(answer, 0.0) + sigmoid(result.score)
-        return max(weights, key=weights.__getitem__), weights
+        return weighted_vote(answers, [r.score for r in self.score(prompt, _candidates(candidates), aggregate)])
+
+
+def weighted_vote(answers: list[str], scores: list[float]) -> tuple[str, dict[str, float]]:
+    """The answer with the largest ``sum sigmoid(score)`` over its candidates (the first seen wins a tie), and every
+    answer's weight: ``PRMScorer.weighted_majority_vote`` on scores already computed."""
+    weights: dict[str, float] = {}
+    for answer, score in zip(answers, scores):
+        weights[answer] = weights.get(answer, 0.0) + sigmoid(score)
+    return max(weights, key=weights.__getitem__), weights
 
 
 def sigmoid(x: float) -> float:

@@ -14,7 +14,6 @@ where it stopped (JSON Lines are appended chunk by chunk; Parquet is written onc
 from __future__ import annotations
 
 import json
-import math
 import os
 from collections.abc import Sequence
 from typing import Any
@@ -22,15 +21,7 @@ from typing import Any
 from accelerate import PartialState
 from accelerate.utils import broadcast_object_list, gather_object
 
-
-def weighted_vote(answers: Sequence[str], scores: Sequence[float]) -> tuple[str, dict[str, float]]:
-    """The answer with the largest ``sum sigmoid(score)`` over its candidates (the first seen wins a tie), and every
-    answer's weight (ImplicitPRM's weighted majority vote, ALGORITHMS.md 4(c))."""
-    weights: dict[str, float] = {}
-    for answer, score in zip(answers, scores):
-        sigmoid = 1.0 / (1.0 + math.exp(-score)) if score >= 0 else math.exp(score) / (1.0 + math.exp(score))
-        weights[answer] = weights.get(answer, 0.0) + sigmoid
-    return max(weights, key=weights.__getitem__), weights
+from .prm_scorer import weighted_vote
 
 
 def _steps(candidate: Any, separator: str, row: int, column: str) -> list[str]:
