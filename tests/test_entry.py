@@ -58,7 +58,7 @@ def test_one_cpu_recipe_everywhere():
         "trl-likelihood --help": (top_parser().format_help(), cpu_recipe("mixce")),
         "cli.py": (_module_docstring_source(REPO / "trl_likelihood" / "cli.py"), cpu_recipe("mixce")),
     }
-    for script in ("mixce", "implicit_prm", "ddo", "sequencematch"):
+    for script in ("mixce", "implicit_prm", "ddo", "sequencematch", "stepwise_prm"):
         path = REPO / "trainers" / f"{script}.py"
         places[f"trainers/{script}.py"] = (_module_docstring_source(path), cpu_recipe(script))
     for where, (text, recipe) in places.items():

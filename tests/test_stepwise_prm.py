@@ -12,12 +12,13 @@ import os
 import pytest
 import torch
 import torch.nn.functional as F
+import yaml
 from datasets import Dataset
 from peft import LoraConfig
 from transformers import AutoModelForCausalLM, AutoModelForTokenClassification, AutoTokenizer
 
 from tests.conftest import cpu_args
-from trl_likelihood import ImplicitPRM, StepScores, StepwisePRM, StepwisePRMConfig, StepwisePRMTrainer
+from trl_likelihood import ImplicitPRM, StepScores, StepwisePRM, StepwisePRMConfig, StepwisePRMTrainer, cli
 from trl_likelihood.prm_scorer import sigmoid
 from trl_likelihood.trainers.stepwise_prm import step_label_loss
 
@@ -312,3 +313,45 @@ def test_implicit_and_explicit_scorers_are_used_the_same_way(tiny_model_dir, tok
             assert result.q_values == pytest.approx(torch.tensor(result.step_rewards).cumsum(0).tolist())
     with pytest.raises(ValueError, match="num_labels"):
         StepwisePRM(AutoModelForTokenClassification.from_pretrained(tiny_model_dir, num_labels=3), tokenizer)
+
+
+def _cli_config(tmp_path, tiny_model_dir, rows: list[dict]) -> str:
+    """A user's YAML: the tiny model, a stepwise jsonl, fast CPU training, a custom separator."""
+    data = tmp_path / "steps.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    config = {
+        "model_name_or_path": tiny_model_dir,
+        "dataset_name": str(data),
+        "output_dir": str(tmp_path / "out"),
+        **cpu_args(max_steps=2),
+        "step_separator": " ;",
+    }
+    path = tmp_path / "cfg.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return str(path)
+
+
+def test_cli_trains_an_adapter_that_scores(tiny_model_dir, tmp_path, capsys):
+    out = tmp_path / "out"
+    config = _cli_config(tmp_path, tiny_model_dir, _data(8).to_list())
+    assert cli.main(["stepwise-prm", "--config", config, "--use_peft", "--lora_r", "4"]) == 0
+    assert f"Model saved to {out}" in capsys.readouterr().out
+    files = set(os.listdir(out))
+    assert {"adapter_config.json", "adapter_model.safetensors", "README.md", "method_settings.json"} <= files
+    adapter = json.load(open(out / "adapter_config.json"))
+    assert adapter["task_type"] == "TOKEN_CLS" and adapter["r"] == 4 and "score" in adapter["modules_to_save"]
+    state = json.load(open(out / "trainer_state.json"))
+    steps = [h for h in state["log_history"] if "loss" in h]
+    assert state["global_step"] == 2 and all(math.isfinite(h["prm/step_accuracy"]) for h in steps)
+    assert '| `step_separator` | `" ;"` |' in open(out / "README.md").read()
+    result = StepwisePRM.from_pretrained(str(out)).score(ROWS[0][0], ROWS[0][1])
+    assert len(result.step_rewards) == 3 and all(math.isfinite(r) for r in result.step_rewards)
+
+
+def test_cli_bad_step_label_exits_2_before_training(tiny_model_dir, tmp_path, capsys):
+    rows = _data(4).to_list()
+    rows[3]["labels"] = [True, None]
+    assert cli.main(["stepwise-prm", "--config", _cli_config(tmp_path, tiny_model_dir, rows)]) == 2
+    err = capsys.readouterr().err
+    assert "stepwise-prm: error: train_dataset: column 'labels', row 3, step 1: expected a boolean or 0/1" in err
+    assert "Traceback" not in err and not os.path.exists(tmp_path / "out")

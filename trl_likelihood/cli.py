@@ -59,6 +59,8 @@ from .trainers import (
     MixCETrainer,
     SequenceMatchConfig,
     SequenceMatchTrainer,
+    StepwisePRMConfig,
+    StepwisePRMTrainer,
 )
 from .trainers.base import check_model_path
 
@@ -85,6 +87,7 @@ _CLASSES = {
     "implicit-prm": (ImplicitPRMConfig, ImplicitPRMTrainer),
     "ddo": (DDOConfig, DDOTrainer),
     "sequencematch": (SequenceMatchConfig, SequenceMatchTrainer),
+    "stepwise-prm": (StepwisePRMConfig, StepwisePRMTrainer),
 }
 METHODS: dict[str, Method] = {
     name: Method(config_class=config, trainer_class=trainer, help=METHOD_HELP[name][0], replaces=METHOD_HELP[name][1])
@@ -106,8 +109,9 @@ def make_parser(method: str = "mixce", prog: str | None = None) -> TrlParser:
 
 
 def trl_parent(config_class: type) -> type:
-    """The TRL config a method's config extends (``SFTConfig``)."""
-    return next(c for c in config_class.__mro__[1:] if c.__module__.startswith("trl."))
+    """The TRL config a method's config extends (``SFTConfig``), or ``TrainingArguments`` for a config that extends
+    transformers' directly (``StepwisePRMConfig``, as TRL's former ``PRMConfig`` did)."""
+    return next(c for c in config_class.__mro__[1:] if c.__module__.startswith(("trl.", "transformers.")))
 
 
 def method_fields(config_class: type) -> set[str]:

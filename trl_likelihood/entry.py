@@ -49,6 +49,11 @@ METHOD_HELP: dict[str, tuple[str, str]] = {
         "on-policy rollouts (--noise_prob, --chi2_coef, --sm_weight); language-modeling or prompt-completion data.",
         "sft",
     ),
+    "stepwise-prm": (
+        "Stepwise (explicit) PRM: a token classifier predicting each step's label at the step's last token, as TRL's "
+        "former PRMTrainer (--step_separator, --train_on_last_step_only); prompt+completions+labels stepwise data.",
+        "reward",
+    ),
 }
 
 
