@@ -179,3 +179,28 @@ def test_evaluate_prm_command(tiny_model_dir, tmp_path, capsys):
     argv = ["--model", tiny_model_dir, "--reference", tiny_model_dir, "--dataset_name", bad, "--threshold", "0"]
     assert main(["evaluate-prm", *argv]) == 2
     assert "column 'labels', row 5: expected one label per step (2)" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("peft", [False, True], ids=["full", "lora"])
+def test_the_commands_load_an_explicit_prm_as_a_stepwise_scorer(tiny_model_dir, tmp_path, capsys, peft):
+    """``evaluate-prm`` and ``score`` take a trained explicit PRM (a token classifier) as they take an implicit one."""
+    from trl_likelihood import StepwisePRM, StepwisePRMConfig, StepwisePRMTrainer
+    from trl_likelihood.entry import main
+    from trl_likelihood.prm_cli import is_token_classifier, load_prm
+
+    out = tmp_path / "explicit"
+    trainer = StepwisePRMTrainer(
+        tiny_model_dir,
+        args=StepwisePRMConfig(str(tmp_path / "run"), **cpu_args(max_steps=1)),
+        train_dataset=Dataset.from_dict(STEPWISE),
+        peft_config=LoraConfig(r=4, target_modules=["q_proj", "v_proj"], task_type="TOKEN_CLS") if peft else None,
+    )
+    trainer.train()
+    trainer.save_model(str(out))
+    assert is_token_classifier(str(out)) and not is_token_classifier(tiny_model_dir)
+    assert isinstance(load_prm(str(out)), StepwisePRM)
+    rows = [dict(zip(STEPWISE, values)) for values in zip(*STEPWISE.values())] * 2
+    data = _write_jsonl(tmp_path / "steps.jsonl", rows)
+    capsys.readouterr()  # the training logs
+    assert main(["evaluate-prm", "--model", str(out), "--dataset_name", data, "--threshold", "0"]) == 0
+    assert json.loads(capsys.readouterr().out)["num_erroneous"] == 2

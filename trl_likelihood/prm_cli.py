@@ -68,10 +68,28 @@ def _splits(args: argparse.Namespace) -> tuple[Any, Any]:
 
 
 def load_prm(model: str, reference: str = "base", beta: float | None = None, batch_size: int = 8, device=None) -> Any:
-    """The scorer for a trained PRM folder or Hub id."""
+    """The scorer for a trained PRM folder or Hub id: a ``StepwisePRM`` for a token classifier (the explicit PRM),
+    else an ``ImplicitPRM`` with ``reference`` and ``beta``."""
+    if is_token_classifier(model):
+        from .stepwise_prm import StepwisePRM
+
+        return StepwisePRM.from_pretrained(model, batch_size=batch_size, device=device)
     from .scoring import ImplicitPRM
 
     return ImplicitPRM.from_pretrained(model, reference=reference, beta=beta, batch_size=batch_size, device=device)
+
+
+def is_token_classifier(model: str) -> bool:
+    """Whether a saved model (or adapter) classifies tokens, as ``StepwisePRMTrainer`` saves it."""
+    from transformers import AutoConfig
+    from transformers.utils.peft_utils import find_adapter_config_file
+
+    adapter = find_adapter_config_file(model)
+    if adapter is not None:
+        with open(adapter, encoding="utf-8") as f:
+            return json.load(f).get("task_type") == "TOKEN_CLS"
+    architectures = AutoConfig.from_pretrained(model).architectures or []
+    return any(name.endswith("ForTokenClassification") for name in architectures)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
