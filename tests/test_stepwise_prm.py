@@ -187,6 +187,26 @@ def test_accumulation_equals_one_big_batch(tiny_model_dir, tmp_path):
     assert losses[0] == pytest.approx(losses[1], rel=1e-5)
 
 
+@pytest.mark.parametrize("peft", [False, True], ids=["full", "lora"])
+def test_resume_goes_on_as_an_uninterrupted_run(tiny_model_dir, tmp_path, peft):
+    """Checkpoint at step 2 of 4, resumed in a fresh trainer: the same logged steps and the same final weights."""
+    runs = []
+    for name in ("whole", "resumed"):
+        args = _args(tmp_path, "run", max_steps=4, save_strategy="steps", save_steps=2, learning_rate=5e-2)
+        trainer = StepwisePRMTrainer(
+            tiny_model_dir, args=args, train_dataset=_data(16), peft_config=LoraConfig(**LORA) if peft else None
+        )
+        trainer.train(resume_from_checkpoint=str(tmp_path / "run" / "checkpoint-2") if name == "resumed" else None)
+        runs.append(trainer)
+    keys = ("step", "loss", "prm/step_accuracy", "prm/step_auroc")
+    logged = [[{k: h[k] for k in keys} for h in t.state.log_history if "loss" in h and h["step"] > 2] for t in runs]
+    assert len(logged[0]) == len(logged[1]) == 2
+    for whole, resumed in zip(*logged):
+        assert resumed == pytest.approx(whole, rel=1e-6), whole["step"]
+    for (n, p), (_, q) in zip(runs[0].model.named_parameters(), runs[1].model.named_parameters()):
+        torch.testing.assert_close(q, p, rtol=0, atol=1e-7, msg=n)
+
+
 @pytest.mark.parametrize("task_type", [None, "TOKEN_CLS", "CAUSAL_LM"])
 def test_lora_freezes_the_base_and_trains_adapter_and_head(tiny_model_dir, tmp_path, task_type):
     trainer = StepwisePRMTrainer(
