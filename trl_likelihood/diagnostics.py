@@ -24,6 +24,7 @@ from typing import Any
 
 import torch
 from transformers import PreTrainedTokenizerBase, TrainerCallback, TrainerControl, TrainerState, TrainingArguments
+from trl.data_utils import common_prefix_length  # where SFT's completion starts
 
 from . import _compat
 
@@ -38,15 +39,6 @@ class ProbeRow:
 
     input_ids: list[int]
     completion_start: int
-
-
-def _common_prefix_length(a: list[int], b: list[int]) -> int:
-    n = 0
-    for x, y in zip(a, b):
-        if x != y:
-            break
-        n += 1
-    return n
 
 
 def encode_probe(row: Mapping[str, Any], tokenizer: PreTrainedTokenizerBase | None, add_eos: bool = True) -> ProbeRow:
@@ -80,7 +72,7 @@ def encode_probe(row: Mapping[str, Any], tokenizer: PreTrainedTokenizerBase | No
         full_text = tokenizer.apply_chat_template([*prompt, *completion], tokenize=False)
         prompt_ids = tokenizer(prompt_text, add_special_tokens=False)["input_ids"]
         ids = list(tokenizer(full_text, add_special_tokens=False)["input_ids"])
-    start = _common_prefix_length(list(prompt_ids), ids)
+    start = common_prefix_length(list(prompt_ids), ids)
     if start == 0 or start >= len(ids):
         raise ValueError(f"Probe {prompt!r:.60}: the prompt must give tokens and the completion must add some.")
     return ProbeRow(ids, start)

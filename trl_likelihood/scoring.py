@@ -36,6 +36,7 @@ import torch
 from accelerate.utils import is_peft_model
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
 from transformers.utils.peft_utils import find_adapter_config_file
+from trl.data_utils import common_prefix_length  # where SFT's completion starts
 
 from .method_settings import read_method_settings
 from .prm_scorer import AGGREGATES, PRMScorer, Prompt, StepScores, aggregate_steps, check_aggregate, is_messages
@@ -52,16 +53,6 @@ class _Encoded:
     prompt_len: int  # tokens before the completion (TRL's common prefix of the prompt and full tokenisations)
     token_step: list[int]  # step of each completion token, len(input_ids) - prompt_len entries
     num_steps: int
-
-
-def _common_prefix_length(ids: list[int], other: list[int]) -> int:
-    """As TRL 1.16's ``trl.data_utils.common_prefix_length``: the completion starts where the two lists diverge."""
-    n = 0
-    for a, b in zip(ids, other):
-        if a != b:
-            break
-        n += 1
-    return n
 
 
 def _load_model(name_or_path: str, model_kwargs: dict[str, Any]) -> torch.nn.Module:
@@ -212,7 +203,7 @@ class ImplicitPRM(PRMScorer):
         prompt_ids = self.tokenizer(prompt_text, **kwargs)["input_ids"]
         encoded = self.tokenizer(full, return_offsets_mapping=True, **kwargs)
         ids, offsets = list(encoded["input_ids"]), encoded["offset_mapping"]
-        prompt_len = _common_prefix_length(prompt_ids, ids)
+        prompt_len = common_prefix_length(prompt_ids, ids)
         if prompt_len == 0:
             raise ValueError("The prompt tokenises to nothing: the first response token would have no context.")
         step_starts, pos = [], start  # first character of steps 1..K-1 in `full`
