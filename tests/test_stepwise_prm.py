@@ -18,7 +18,7 @@ from peft import LoraConfig
 from transformers import AutoModelForCausalLM, AutoModelForTokenClassification, AutoTokenizer
 
 from tests.conftest import cpu_args
-from trl_likelihood import ImplicitPRM, StepScores, StepwisePRM, StepwisePRMConfig, StepwisePRMTrainer, cli
+from trl_likelihood import ImplicitPRM, StepScores, StepwisePRM, StepwisePRMConfig, StepwisePRMTrainer, cli, load_prm
 from trl_likelihood.prm_scorer import sigmoid
 from trl_likelihood.trainers.stepwise_prm import step_label_loss
 
@@ -284,6 +284,7 @@ def test_saved_model_reloads_and_scores_the_trained_positions(tiny_model_dir, to
     assert "stepwise-prm" in card and "process reward model" in card and '| `step_separator` | `" ;"` |' in card
     assert ("adapter_config.json" in os.listdir(out)) == peft
     prm = StepwisePRM.from_pretrained(str(out))
+    assert isinstance(load_prm(str(out)), StepwisePRM)  # told apart from an implicit PRM by its saved config
     assert prm.step_separator == " ;"  # read back from method_settings.json
     prompt, steps = ROWS[2][0], ROWS[2][1]
     result = prm.score(prompt, steps)
@@ -323,7 +324,9 @@ def test_implicit_and_explicit_scorers_are_used_the_same_way(tiny_model_dir, tok
         for p in reference.parameters():
             p.add_(0.05 * torch.randn_like(p))
     model = _classifier(tiny_model_dir, seed=3)
-    scorers = [ImplicitPRM(tiny_model_dir, reference=reference, beta=0.5), StepwisePRM(model, tokenizer)]
+    implicit = load_prm(tiny_model_dir, reference=reference, beta=0.5)  # a causal LM: the implicit scorer
+    assert isinstance(implicit, ImplicitPRM)
+    scorers = [implicit, StepwisePRM(model, tokenizer)]
     candidates = [ROWS[0][1], ROWS[1][1], ROWS[2][1]]
     for scorer in scorers:
         _rank_and_vote(scorer, "the cat runs", candidates, ["14", "12", "14"])

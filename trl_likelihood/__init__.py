@@ -27,6 +27,7 @@ _EXPORTS = {
     "BackspaceSamples": ".generation",
     "StepScores": ".scoring",
     "StepwisePRM": ".stepwise_prm",
+    "load_prm": ".prm_scorer",
     "ddo_loss": ".losses",
     "implicit_prm_dpo_loss": ".losses",
     "implicit_prm_loss": ".losses",
@@ -58,6 +59,7 @@ __all__ = [
     "implicit_prm_dpo_loss",
     "implicit_prm_loss",
     "likelihood_ratio_score",
+    "load_prm",
     "mixce_loss",
     "mixce_token_loss",
     "sample_with_backspace",
@@ -77,6 +79,7 @@ if TYPE_CHECKING:
         mixce_token_loss,
         sequencematch_loss,
     )
+    from .prm_scorer import load_prm
     from .scoring import ImplicitPRM, StepScores, likelihood_ratio_score
     from .stepwise_prm import StepwisePRM
     from .trainers import (

@@ -8,7 +8,9 @@ everything on top of that lives here once, so a user swaps one scorer for the ot
 
 from __future__ import annotations
 
+import json
 import math
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -146,3 +148,26 @@ def _candidates(candidates: list[list[str]]) -> list[list[str]]:
     if not isinstance(candidates, list) or not candidates or not all(isinstance(c, list) for c in candidates):
         raise ValueError("`candidates` must be a non-empty list of responses, each a list of step strings.")
     return candidates
+
+
+def load_prm(name_or_path: str | os.PathLike, **kwargs: Any) -> PRMScorer:
+    """The scorer a saved PRM needs, so that code taking a path serves both kinds: ``StepwisePRM`` for a token
+    classifier (a ``TOKEN_CLS`` adapter, or an ``...ForTokenClassification`` architecture), else ``ImplicitPRM``.
+    ``kwargs`` go to that scorer's ``from_pretrained`` (e.g. ``reference=`` for an implicit PRM)."""
+    from transformers import AutoConfig
+    from transformers.utils.peft_utils import find_adapter_config_file
+
+    adapter = find_adapter_config_file(str(name_or_path))
+    if adapter is not None:
+        with open(adapter, encoding="utf-8") as f:
+            token_classifier = json.load(f).get("task_type") == "TOKEN_CLS"
+    else:
+        architectures = AutoConfig.from_pretrained(name_or_path).architectures or []
+        token_classifier = any(a.endswith("ForTokenClassification") for a in architectures)
+    if token_classifier:
+        from .stepwise_prm import StepwisePRM
+
+        return StepwisePRM.from_pretrained(name_or_path, **kwargs)
+    from .scoring import ImplicitPRM
+
+    return ImplicitPRM.from_pretrained(name_or_path, **kwargs)
