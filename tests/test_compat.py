@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import importlib
+import inspect
 import os
+import types
 
+import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
@@ -80,3 +84,39 @@ def test_uploads_staged_uploads_a_prepared_copy_and_leaves_the_folder(tmp_path, 
         result = transformers.trainer.hf_api().upload_folder(folder_path=str(tmp_path), ignore_patterns=["_*"])
     assert result == "done" and sent == {"config.json": "public"}
     assert (tmp_path / "config.json").read_text() == "local"
+
+
+@pytest.mark.parametrize("path", sorted(_compat.PRIVATE_METHODS))
+def test_private_methods_have_the_pinned_signatures(path):
+    """Every private transformers/TRL method the trainers override or call still exists with the parameters the
+    overrides were written against."""
+    module_name, _, attribute_path = path.partition(".")
+    obj = importlib.import_module(module_name)
+    for part in attribute_path.split("."):
+        if not hasattr(obj, part) and isinstance(obj, types.ModuleType):
+            obj = importlib.import_module(f"{obj.__name__}.{part}")
+        else:
+            obj = getattr(obj, part)
+    assert callable(obj)
+    if _compat.PRIVATE_METHODS[path]:
+        assert tuple(inspect.signature(obj).parameters) == _compat.PRIVATE_METHODS[path]
+
+
+def test_every_private_override_is_listed():
+    """A trainer method named like a private parent method is an override of private API: it must be listed.
+    (Class attributes such as TRL's ``_name``/``_tag_names`` for the card are data, set the TRL way.)"""
+    import transformers
+    import trl
+
+    from trl_likelihood import trainers
+
+    listed = {path.rsplit(".", 1)[-1] for path in _compat.PRIVATE_METHODS}
+    parents = (transformers.Trainer, trl.SFTTrainer)
+    for name in dir(trainers):
+        cls = getattr(trainers, name)
+        if not isinstance(cls, type):
+            continue
+        ours = [base for base in cls.__mro__ if base.__module__.startswith("trl_likelihood")]
+        for attr in {a for base in ours for a in vars(base) if callable(vars(base)[a])}:
+            if attr.startswith("_") and not attr.startswith("__") and any(hasattr(p, attr) for p in parents):
+                assert attr in listed, f"{cls.__name__}.{attr} overrides private API without a _compat entry"

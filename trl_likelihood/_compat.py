@@ -35,6 +35,38 @@ from trl.trainer.utils import (  # noqa: F401  (re-exported)
 
 TESTED_TRL = ("1.16",)
 
+# Private methods of transformers' ``Trainer`` and TRL's ``SFTTrainer`` that the trainers here override or call, with
+# their parameters in the pinned versions (transformers 5.24, TRL 1.16); tests/test_compat.py checks each against the
+# installed classes, so a release that renames or reshapes one fails there first. Private attributes read or written:
+# ``Trainer._signature_columns`` (implicit PRM), ``SFTTrainer._metrics`` / ``_total_train_tokens`` / ``_tp_size``
+# (``metrics_store``, ``record_sft_metrics``).
+PRIVATE_METHODS: dict[str, tuple[str, ...]] = {
+    "transformers.Trainer._save": ("self", "output_dir", "state_dict"),  # base.CardMixin, sequencematch: card, rows
+    "transformers.Trainer._push_from_checkpoint": ("self", "checkpoint_folder"),  # base.CardMixin: public args
+    "transformers.Trainer._save_checkpoint": ("self", "model", "trial"),  # checkpoints: disk-full, no local paths
+    "transformers.Trainer._get_output_dir": ("self", "trial"),  # checkpoints: the folder a failed save names
+    "transformers.Trainer._prepare_inputs": ("self", "inputs"),  # base.LossOnlyEvaluation.prediction_step
+    "transformers.Trainer._set_signature_columns_if_needed": ("self",),  # implicit PRM: its extra columns
+    "trl.SFTTrainer._prepare_dataset": (  # implicit PRM: pairs tokenised side by side; prepare_sft_dataset
+        "self",
+        "dataset",
+        "processing_class",
+        "args",
+        "packing",
+        "formatting_func",
+        "dataset_name",
+    ),  # fmt: skip
+    "transformers.trainer.hf_api": (),  # uploads_staged: every Trainer upload goes through it
+    "transformers.trainer_callback.CallbackHandler.call_event": (  # calling_callback_handler
+        "self",
+        "event",
+        "args",
+        "state",
+        "control",
+        "kwargs",
+    ),  # fmt: skip
+}
+
 
 def is_peft(model: Any) -> bool:
     """True for a PEFT model, also when wrapped by DDP (accelerate's helper, re-exported for one import site)."""
