@@ -148,17 +148,36 @@ def sample_candidates(
     """
     problems = task.solve(num_prompts, seed)
     x0, ops = problems.x0.repeat(n), problems.ops.repeat(n, axis=0)
-    values = np.zeros_like(ops)
     generator = torch.Generator().manual_seed(seed)
+    values = sample_values(model, task, x0, ops, np.zeros_like(ops), 0, generator, temperature, batch_size)
+    return task.evaluate(x0, ops, values)
+
+
+@torch.no_grad()
+def sample_values(
+    model: PreTrainedModel,
+    task: ModArithTask,
+    x0: np.ndarray,
+    ops: np.ndarray,
+    values: np.ndarray,
+    start: int,
+    generator: torch.Generator,
+    temperature: float = 1.0,
+    batch_size: int = 4096,
+) -> np.ndarray:
+    """A copy of ``values`` ``(n, K)`` whose steps ``start..K-1`` are drawn from pi_ref after the written prefix
+    ``values[:, :start]``: ``sample_candidates``' sampler (format forced, values renormalised over the digits), shared
+    with the Math-Shepherd rollouts that continue a response from one of its steps."""
+    values = np.array(values, dtype=np.int64)
     digit0, positions = task.token_id["0"], task.value_positions().tolist()
-    for start in range(0, len(x0), batch_size):
-        rows = slice(start, start + batch_size)
-        for k, pos in enumerate(positions):
-            ids = task.encode(task.evaluate(x0[rows], ops[rows], values[rows]))[:, :pos]
+    for begin in range(0, len(x0), batch_size):
+        rows = slice(begin, begin + batch_size)
+        for k in range(start, task.num_ops):
+            ids = task.encode(task.evaluate(x0[rows], ops[rows], values[rows]))[:, : positions[k]]
             logits = model(input_ids=ids).logits[:, -1, digit0 : digit0 + task.modulus].double()
             draws = torch.multinomial(torch.softmax(logits / temperature, -1), 1, generator=generator)[:, 0]
             values[rows, k] = draws.numpy()
-    return task.evaluate(x0, ops, values)
+    return values
 
 
 @torch.no_grad()
