@@ -19,6 +19,7 @@ import pytest
 import torch
 from peft import LoraConfig
 
+from tests.helpers import LORA
 from tests.reliability import CASES, REPO
 from tests.test_push import CHECKPOINT_PUSH, FAKE_TOKEN, fake_hub  # noqa: F401  (the fixture)
 from trl_likelihood.cli import METHODS, make_parser, model_init_kwargs
@@ -28,7 +29,6 @@ ENV_SECRETS = {"HF_TOKEN": "hf_FakeEnvTokenDoNotUse987654321", "MY_SERVICE_API_K
 INIT_TOKEN = "hf_FakeInitKwargsTokenDoNotUse55555"
 RESUME_STATE = {"optimizer.pt", "scheduler.pt", "rng_state.pth", "training_args.bin"}
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
-LORA = dict(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM")
 
 
 def _files(folder: Path) -> dict[str, bytes]:

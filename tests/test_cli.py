@@ -13,6 +13,7 @@ import yaml
 from datasets import Dataset
 
 from tests.conftest import cpu_args
+from tests.helpers import read_card
 from tests.tiny import CORPUS
 from trl_likelihood import MixCETrainer, cli
 
@@ -44,12 +45,6 @@ def write_config(tmp_path, tiny_model_dir, data_file):
         return str(path)
 
     return write
-
-
-def _card(out_dir) -> tuple[dict, str]:
-    text = open(os.path.join(out_dir, "README.md")).read()
-    _, front, body = text.split("---\n", 2)
-    return yaml.safe_load(front), body
 
 
 def test_help_lists_methods(capsys):
@@ -118,7 +113,7 @@ def test_config_file_trains_and_saves_model_and_card(write_config, tmp_path, cap
     assert state["global_step"] == 2
     steps = [h for h in state["log_history"] if "loss" in h]
     assert [h["learning_rate"] for h in steps][0] == pytest.approx(0.02)  # the flag beat the YAML's 1e-2
-    meta, body = _card(out)
+    meta, body = read_card(out)
     assert meta["library_name"] == "transformers" and "mixce" in meta["tags"]
     assert "datasets" not in meta  # a local file is not a Hub dataset: no broken link in the card
     assert "0.3" in body and "eta" in body  # the YAML's eta reached the trainer and its card
@@ -140,7 +135,7 @@ def test_peft_flags_save_an_adapter(write_config, tmp_path):
     assert {"adapter_config.json", "adapter_model.safetensors", "README.md"} <= files
     assert "model.safetensors" not in files
     assert json.load(open(out / "adapter_config.json"))["r"] == 4
-    assert _card(out)[0]["library_name"] == "peft"
+    assert read_card(out)[0]["library_name"] == "peft"
 
 
 @pytest.mark.slow
@@ -175,7 +170,7 @@ def test_push_to_hub(write_config, tmp_path, monkeypatch, capsys):
     assert cli.main(argv) == 0
     assert pushes and pushes[-1].get("dataset_name") is None  # a local file is not named as a Hub dataset
     assert "https://huggingface.co/someone/tiny-mixce" in capsys.readouterr().out
-    assert _card(tmp_path / "out")[0]["model_name"] == "tiny-mixce"
+    assert read_card(tmp_path / "out")[0]["model_name"] == "tiny-mixce"
 
 
 def _fake_init_repo(self, *args, **kwargs) -> None:
@@ -197,7 +192,7 @@ def test_hub_datasets_go_on_the_card(write_config, monkeypatch, tmp_path):
     monkeypatch.setattr(data, "load_dataset", fake_load_dataset)
     assert cli.main(["mixce", "--config", write_config(dataset_name="someone/corpus")]) == 0
     assert asked == ["someone/corpus"]
-    assert _card(tmp_path / "out")[0]["datasets"] == ["someone/corpus"]
+    assert read_card(tmp_path / "out")[0]["datasets"] == ["someone/corpus"]
 
 
 def test_eval_split_is_used_when_evaluating(write_config, tmp_path, data_file):

@@ -13,6 +13,7 @@ import pytest
 import yaml
 
 from tests.conftest import cpu_args
+from tests.helpers import read_card
 from tests.tiny import CORPUS
 from trl_likelihood import cli
 
@@ -55,12 +56,6 @@ def write_config(tmp_path, tiny_model_dir):
     return write
 
 
-def _card(out_dir) -> tuple[dict, str]:
-    text = open(os.path.join(out_dir, "README.md")).read()
-    _, front, body = text.split("---\n", 2)
-    return yaml.safe_load(front), body
-
-
 def _train_steps(out_dir) -> list[dict]:
     state = json.load(open(os.path.join(out_dir, "trainer_state.json")))
     assert state["global_step"] == 2
@@ -79,7 +74,7 @@ def test_config_file_trains_an_adapter_with_a_prm_card(write_config, tmp_path, t
     assert steps[0]["loss"] == pytest.approx(math.log(2), abs=1e-5)  # LoRA B = 0: reward 0 at the first step
     assert all(math.isfinite(h["prm/accuracy"]) and math.isfinite(h["prm/auroc"]) for h in steps)
     assert not any("prm/margin" in h for h in steps)  # a `dpo` metric: the default loss is `ce`
-    meta, body = _card(out)
+    meta, body = read_card(out)
     assert meta["library_name"] == "peft" and "implicit-prm" in meta["tags"]
     assert "process reward model" in body
     assert "beta = 0.25" in body and "| `beta` | `0.25` |" in body  # the YAML's beta reached the trainer and card
@@ -95,7 +90,7 @@ def test_dpo_loss_from_unpaired_data(write_config, tmp_path):
     # every correct x incorrect pair of a prompt: 8 pairs here, so each step holds pairs and logs their margin
     assert all(math.isfinite(h["prm/margin"]) and math.isfinite(h["prm/accuracy"]) for h in steps)
     assert steps[0]["loss"] == pytest.approx(math.log(2), abs=1e-5)
-    assert "| `loss_type` | `dpo` |" in _card(out)[1]
+    assert "| `loss_type` | `dpo` |" in read_card(out)[1]
     assert "adapter_model.safetensors" in os.listdir(out)
 
 

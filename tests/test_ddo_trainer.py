@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gc
 import json
 import math
 import os
@@ -11,25 +10,16 @@ import pytest
 import torch
 from datasets import Dataset
 from peft import LoraConfig
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 import trl_likelihood.trainers.ddo as ddo_module
 from tests.conftest import cpu_args
+from tests.helpers import LORA, causal_lms, logged_steps
 from tests.tiny import CORPUS
 from trl_likelihood.generation import append_completions, sample_completions
 from trl_likelihood.trainers import DDOConfig, DDOTrainer
 
-LORA = dict(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM")
 METRICS = ("loss", "ddo/real_logratio", "ddo/fake_logratio", "ddo/real_acc", "ddo/fake_acc", "ddo/paired_acc")
-
-
-def _causal_lms() -> set[int]:
-    gc.collect()
-    return {id(o) for o in gc.get_objects() if isinstance(o, PreTrainedModel) and hasattr(o, "lm_head")}
-
-
-def _steps(trainer) -> list[dict]:
-    return [h for h in trainer.state.log_history if "loss" in h]
 
 
 _TRAIN_KEYS = ("max_steps", "learning_rate", "per_device_train_batch_size", "seed", "max_length")
@@ -50,7 +40,7 @@ def _identity(alpha: float) -> float:
 def test_ddo_rounds_reset_the_reference(tiny_model_dir, prompt_completion_dataset, tmp_path, peft):
     """Two rounds of two steps: the loss is the identity at steps 1 and 3, where policy == reference."""
     alpha = 2.0
-    before = _causal_lms()
+    before = causal_lms()
     trainer = DDOTrainer(
         model=tiny_model_dir,
         args=_args(tmp_path, "rounds", alpha=alpha, num_rounds=2, max_steps=4, learning_rate=5e-2),
@@ -61,7 +51,7 @@ def test_ddo_rounds_reset_the_reference(tiny_model_dir, prompt_completion_datase
     frozen = {n: p.detach().clone() for n, p in trainer.model.named_parameters() if not p.requires_grad}
     trained = {n: p.detach().clone() for n, p in trainer.model.named_parameters() if p.requires_grad}
     trainer.train()
-    steps = _steps(trainer)
+    steps = logged_steps(trainer)
     assert [h["ddo/round"] for h in steps] == [1, 1, 2, 2]
     for i in (0, 2):  # first step of each round
         assert steps[i]["loss"] == pytest.approx(_identity(alpha), abs=1e-6)
@@ -75,7 +65,7 @@ def test_ddo_rounds_reset_the_reference(tiny_model_dir, prompt_completion_datase
     assert all(torch.equal(params[n], p) for n, p in frozen.items())  # PEFT: the base never moves, even across rounds
     assert any(not torch.equal(params[n], p) for n, p in trained.items())
     if peft:
-        assert _causal_lms() - before == {id(trainer.model.get_base_model())}  # one model in memory, across rounds
+        assert causal_lms() - before == {id(trainer.model.get_base_model())}  # one model in memory, across rounds
     else:
         ref = trainer.reference.ref_model
         assert ref is not trainer.model and not any(p.requires_grad for p in ref.parameters())
@@ -92,7 +82,7 @@ def test_ddo_full_finetune_with_explicit_frozen_reference(tiny_model_dir, prompt
     )
     assert trainer.reference.kind == "model" and trainer.reference.ref_model is ref
     trainer.train()
-    steps = _steps(trainer)
+    steps = logged_steps(trainer)
     assert steps[0]["loss"] == pytest.approx(_identity(0.5), abs=1e-6)  # (1 + 0.5) log 2, no division below 1
     assert abs(steps[-1]["ddo/real_logratio"]) > 1e-4
     assert all(torch.equal(p, ref_before[n]) for n, p in ref.named_parameters())  # one round: the reference is fixed
@@ -136,7 +126,7 @@ def test_ddo_unconditional_text_samples_from_the_start_token_and_evaluates(tiny_
         fakes = trainer._fakes(ref, real, "train")
     assert [p for p, _ in fakes] == [[t] for t in real["input_ids"][:, 0].tolist()]  # everything after it is scored
     trainer.train()
-    assert _steps(trainer)[0]["loss"] == pytest.approx(_identity(1.0), abs=1e-6)
+    assert logged_steps(trainer)[0]["loss"] == pytest.approx(_identity(1.0), abs=1e-6)
     metrics = trainer.evaluate()
     assert all(math.isfinite(metrics[f"eval_{k}"]) for k in METRICS)
     assert metrics["eval_ddo/round"] == 1
@@ -152,7 +142,7 @@ def test_ddo_is_reproducible(tiny_model_dir, prompt_completion_dataset, tmp_path
             peft_config=LoraConfig(**LORA),
         )
         trainer.train()
-        losses.append([(h["loss"], h["ddo/fake_length"]) for h in _steps(trainer)])
+        losses.append([(h["loss"], h["ddo/fake_length"]) for h in logged_steps(trainer)])
     assert losses[0] == losses[1] and losses[0] != losses[2]
 
 
@@ -249,7 +239,7 @@ def test_ddo_conversational_fakes_answer_the_user_turn(tiny_model_dir, conversat
         user = conversational_dataset[i]["messages"][:1]
         assert prompt == tok.apply_chat_template(user, add_generation_prompt=True, tokenize=True, return_dict=False)
     trainer.train()
-    assert _steps(trainer)[0]["loss"] == pytest.approx(_identity(1.0), abs=1e-6)
+    assert logged_steps(trainer)[0]["loss"] == pytest.approx(_identity(1.0), abs=1e-6)
 
 
 def test_ddo_qlora_rounds_keep_the_4bit_base(lm_dataset, tmp_path):
@@ -270,7 +260,7 @@ def test_ddo_qlora_rounds_keep_the_4bit_base(lm_dataset, tmp_path):
         peft_config=LoraConfig(**LORA),
     )
     trainer.train()
-    steps = _steps(trainer)
+    steps = logged_steps(trainer)
     assert steps[2]["ddo/round"] == 2 and steps[2]["ddo/real_logratio"] == pytest.approx(0.0, abs=1e-5)
     assert abs(steps[1]["ddo/real_logratio"]) > 1e-3
     assert any("Linear4bit" in type(m).__name__ for m in trainer.model.modules())
@@ -295,7 +285,7 @@ def test_ddo_resume_mid_round_two_matches_an_uninterrupted_run(
     full = run()
     assert os.path.isfile(tmp_path / "resume" / "checkpoint-3" / "ddo_round.pt")
     resumed = run(str(tmp_path / "resume" / "checkpoint-3"))
-    last, again = _steps(full)[-1], _steps(resumed)[-1]
+    last, again = logged_steps(full)[-1], logged_steps(resumed)[-1]
     assert again["step"] == 4 and again["ddo/round"] == 2
     assert again["loss"] == pytest.approx(last["loss"], rel=1e-5)
     assert again["ddo/real_logratio"] == pytest.approx(last["ddo/real_logratio"], rel=1e-4, abs=1e-6)

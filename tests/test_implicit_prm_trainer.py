@@ -2,21 +2,19 @@
 
 from __future__ import annotations
 
-import gc
 import math
 
 import pytest
 import torch
 from datasets import Dataset
 from peft import LoraConfig
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from tests.conftest import cpu_args
+from tests.helpers import LORA, causal_lms, logged_steps
 from tests.tiny import CORPUS
 from trl_likelihood import ImplicitPRMConfig, ImplicitPRMTrainer
 from trl_likelihood.prm_data import to_pairs
-
-LORA = dict(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM")
 
 
 @pytest.fixture
@@ -30,15 +28,6 @@ def unpaired() -> Dataset:
     return Dataset.from_list(rows)
 
 
-def _causal_lms() -> set[int]:
-    gc.collect()
-    return {id(o) for o in gc.get_objects() if isinstance(o, PreTrainedModel) and hasattr(o, "lm_head")}
-
-
-def _steps(trainer) -> list[dict]:
-    return [h for h in trainer.state.log_history if "loss" in h]
-
-
 def _args(tmp_path, name: str, **kw) -> ImplicitPRMConfig:
     train = {k: kw.pop(k) for k in list(kw) if k in ("max_steps", "learning_rate", "per_device_train_batch_size")}
     return ImplicitPRMConfig(f"{tmp_path}/{name}", beta=kw.pop("beta", 0.5), **kw, **cpu_args(**train))
@@ -46,7 +35,7 @@ def _args(tmp_path, name: str, **kw) -> ImplicitPRMConfig:
 
 @pytest.mark.parametrize("loss_type", ["ce", "dpo"])
 def test_prm_lora_starts_at_log2_trains_adapter_only_with_one_model(tiny_model_dir, unpaired, tmp_path, loss_type):
-    before = _causal_lms()
+    before = causal_lms()
     trainer = ImplicitPRMTrainer(
         model=tiny_model_dir,
         args=_args(tmp_path, loss_type, loss_type=loss_type, learning_rate=5e-2),
@@ -54,11 +43,11 @@ def test_prm_lora_starts_at_log2_trains_adapter_only_with_one_model(tiny_model_d
         peft_config=LoraConfig(**LORA),
     )
     assert trainer.reference.kind == "adapter" and trainer.reference.ref_model is None
-    assert _causal_lms() - before == {id(trainer.model.get_base_model())}  # one model in memory, no copy
+    assert causal_lms() - before == {id(trainer.model.get_base_model())}  # one model in memory, no copy
     base = {n: p.detach().clone() for n, p in trainer.model.named_parameters() if "lora_" not in n}
     lora = {n: p.detach().clone() for n, p in trainer.model.named_parameters() if p.requires_grad}
     trainer.train()
-    steps = _steps(trainer)
+    steps = logged_steps(trainer)
     # LoRA's B starts at zero: policy == reference, reward 0, loss log 2 whatever the labels
     assert steps[0]["loss"] == pytest.approx(math.log(2), abs=1e-6)
     assert steps[-1]["loss"] != pytest.approx(math.log(2), abs=1e-4)  # the reward moved off zero
@@ -149,7 +138,9 @@ def test_prm_precomputed_reference_trains_exactly_like_on_the_fly(tiny_model_dir
         trainer.train()
         runs.append(trainer)
     assert runs[1].reference.kind == "precomputed" and "ref_logps" in runs[1].train_dataset.column_names
-    assert [h["loss"] for h in _steps(runs[1])] == pytest.approx([h["loss"] for h in _steps(runs[0])], rel=1e-5)
+    assert [h["loss"] for h in logged_steps(runs[1])] == pytest.approx(
+        [h["loss"] for h in logged_steps(runs[0])], rel=1e-5
+    )
 
 
 def test_prm_full_finetune_with_explicit_reference_and_eval_auroc(tiny_model_dir, unpaired, tmp_path):
@@ -164,7 +155,7 @@ def test_prm_full_finetune_with_explicit_reference_and_eval_auroc(tiny_model_dir
     )
     assert trainer.reference.kind == "model"
     trainer.train()
-    assert _steps(trainer)[0]["loss"] == pytest.approx(math.log(2), abs=1e-6)
+    assert logged_steps(trainer)[0]["loss"] == pytest.approx(math.log(2), abs=1e-6)
     assert all(torch.equal(p, ref_before[n]) for n, p in ref.named_parameters())  # the reference stays frozen
     metrics = trainer.evaluate()
     assert 0.0 <= metrics["eval_prm/auroc"] <= 1.0 and math.isfinite(metrics["eval_loss"])
@@ -176,7 +167,7 @@ def test_prm_without_reference_copies_the_initial_policy(tiny_model_dir, unpaire
     )
     assert trainer.reference.kind == "model" and trainer.reference.ref_model is not trainer.model
     trainer.train()
-    assert _steps(trainer)[0]["loss"] == pytest.approx(math.log(2), abs=1e-6)
+    assert logged_steps(trainer)[0]["loss"] == pytest.approx(math.log(2), abs=1e-6)
 
 
 def test_prm_gradient_accumulation_matches_one_big_batch(tiny_model_dir, unpaired, tmp_path):

@@ -22,15 +22,32 @@ def _trainable_snapshot(model) -> dict[str, torch.Tensor]:
     return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
 
 
-def test_mixce_trainer_eta_one_is_sft(tiny_model_dir, lm_dataset, tmp_path):
-    common = cpu_args(gradient_accumulation_steps=2, per_device_train_batch_size=2)
-    sft = SFTTrainer(model=tiny_model_dir, args=SFTConfig(f"{tmp_path}/sft", **common), train_dataset=lm_dataset)
+SHAPES = {  # data shape -> (dataset fixture, SFT settings that shape it)
+    "text": ("lm_dataset", {}),
+    "prompt-completion": ("prompt_completion_dataset", {}),
+    "assistant-only": ("conversational_dataset", {"assistant_only_loss": True}),
+    "packing": ("conversational_dataset", {"packing": True, "max_length": 32}),
+}
+
+
+@pytest.mark.parametrize("shape", list(SHAPES))
+def test_mixce_trainer_eta_one_is_sft(tiny_model_dir, tmp_path, request, shape):
+    """At eta = 1 MixCE is SFT on every data shape SFT takes: the same losses and the same weights."""
+    fixture, settings = SHAPES[shape]
+    dataset = request.getfixturevalue(fixture)
+    common = cpu_args(gradient_accumulation_steps=2, per_device_train_batch_size=2, **settings)
+    sft = SFTTrainer(model=tiny_model_dir, args=SFTConfig(f"{tmp_path}/sft", **common), train_dataset=dataset)
     mix = MixCETrainer(
-        model=tiny_model_dir, args=MixCEConfig(f"{tmp_path}/mix", eta=1.0, **common), train_dataset=lm_dataset
+        model=tiny_model_dir, args=MixCEConfig(f"{tmp_path}/mix", eta=1.0, **common), train_dataset=dataset
     )
+    if shape in ("prompt-completion", "assistant-only"):  # only the response tokens are targets
+        batch = mix.data_collator([mix.train_dataset[i] for i in range(2)])
+        assert (batch["labels"] == -100).any() and (batch["labels"] != -100).any()
+    assert mix.train_dataset["input_ids"] == sft.train_dataset["input_ids"]
     sft.train()
     mix.train()
     assert _losses(mix) == pytest.approx(_losses(sft), rel=1e-6)
+    assert all(math.isfinite(h["mixce/forward_nll"]) for h in mix.state.log_history if "loss" in h)
     for (name, p_sft), p_mix in zip(sft.model.named_parameters(), mix.model.parameters()):
         torch.testing.assert_close(p_mix, p_sft, rtol=1e-5, atol=1e-7, msg=name)
 
@@ -114,27 +131,6 @@ def test_mixce_qlora_4bit_trains(tiny_model_dir, lm_dataset, tmp_path):
     assert any(not torch.equal(p, lora_before[n]) for n, p in trainer.model.named_parameters() if n in lora_before)
     assert all(math.isfinite(h["loss"]) for h in trainer.state.log_history if "loss" in h)
     assert any("Linear4bit" in type(m).__name__ for m in trainer.model.modules())
-
-
-def test_mixce_prompt_completion_trains_only_completion(tiny_model_dir, prompt_completion_dataset, tmp_path):
-    args = MixCEConfig(f"{tmp_path}/pc", eta=0.5, **cpu_args(max_steps=2))
-    trainer = MixCETrainer(model=tiny_model_dir, args=args, train_dataset=prompt_completion_dataset)
-    batch = trainer.data_collator([trainer.train_dataset[i] for i in range(2)])
-    assert (batch["labels"] == -100).any() and (batch["labels"] != -100).any()  # prompt tokens are not targets
-    trainer.train()
-    assert all(math.isfinite(h["mixce/forward_nll"]) for h in trainer.state.log_history if "loss" in h)
-
-
-def test_mixce_conversational_assistant_only_and_packing(tiny_model_dir, conversational_dataset, tmp_path):
-    args = MixCEConfig(f"{tmp_path}/conv", eta=0.5, assistant_only_loss=True, **cpu_args(max_steps=2))
-    trainer = MixCETrainer(model=tiny_model_dir, args=args, train_dataset=conversational_dataset)
-    trainer.train()
-    assert all(math.isfinite(h["loss"]) for h in trainer.state.log_history if "loss" in h)
-
-    packed = MixCEConfig(f"{tmp_path}/packed", eta=0.5, packing=True, **cpu_args(max_steps=2, max_length=32))
-    trainer = MixCETrainer(model=tiny_model_dir, args=packed, train_dataset=conversational_dataset)
-    trainer.train()
-    assert all(math.isfinite(h["loss"]) for h in trainer.state.log_history if "loss" in h)
 
 
 def test_mixce_eval_reports_plain_nll_and_perplexity(tiny_model_dir, lm_dataset, tmp_path):

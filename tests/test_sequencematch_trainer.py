@@ -11,6 +11,7 @@ from peft import LoraConfig, PeftModel
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer, Trainer
 
+from tests import helpers
 from tests.conftest import cpu_args
 from trl_likelihood.backspace import BACKSPACE, add_backspace_token
 from trl_likelihood.losses import action_nll
@@ -18,7 +19,7 @@ from trl_likelihood.states import state_logits, states_batch
 from trl_likelihood.trainers import SequenceMatchConfig, SequenceMatchTrainer
 from trl_likelihood.trainers.sequencematch import BUFFER_STATE
 
-LORA = dict(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM", lora_dropout=0.0)
+LORA = {**helpers.LORA, "lora_dropout": 0.0}
 SM_METRICS = ("sequencematch/bc_loss", "sequencematch/sm_loss", "sequencematch/chi2", "sequencematch/expert_reward")
 _TRAIN_KEYS = ("max_steps", "learning_rate", "per_device_train_batch_size", "seed", "max_length", "save_strategy")
 
@@ -32,10 +33,6 @@ def _args(tmp_path, name: str, **kw) -> SequenceMatchConfig:
     return SequenceMatchConfig(f"{tmp_path}/{name}", **kw, **cpu_args(**train))
 
 
-def _steps(trainer) -> list[dict]:
-    return [h for h in trainer.state.log_history if "loss" in h]
-
-
 def test_full_finetune_bc_phase_then_sequencematch(tiny_model_dir, prompt_completion_dataset, tmp_path):
     trainer = SequenceMatchTrainer(
         model=tiny_model_dir,
@@ -47,7 +44,7 @@ def test_full_finetune_bc_phase_then_sequencematch(tiny_model_dir, prompt_comple
     assert trainer.model.get_input_embeddings().weight.shape[0] >= len(tok)
     before = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
     trainer.train()
-    steps = _steps(trainer)
+    steps = helpers.logged_steps(trainer)
     assert len(steps) == 4
     for h in steps[:2]:  # BC phase: the loss is the NLL of the augmented data, no SM term, no rollouts
         assert h["loss"] == pytest.approx(h["sequencematch/bc_loss"], rel=1e-4)
@@ -79,7 +76,7 @@ def test_lora_trains_the_backspace_rows_and_keeps_the_base_frozen(tiny_model_dir
     assert all(torch.equal(params[n], p) for n, p in frozen.items())
     assert [n for n, p in params.items() if p.requires_grad and "trainable_tokens" in n]
     assert not torch.allclose(row_before, head(eye)[:, bk].detach())  # <bkspc> learned
-    for h in _steps(trainer):
+    for h in helpers.logged_steps(trainer):
         assert all(math.isfinite(h[k]) for k in SM_METRICS + ("loss",)), h
 
     out = str(tmp_path / "saved")
@@ -129,8 +126,10 @@ def test_resume_mid_run_restores_the_replay_buffer(tiny_model_dir, prompt_comple
         assert not [k for k, v in saved.items() if v.ndim == 2 and v.shape[0] >= vocab]
     resumed = run("part", save_strategy="steps", save_steps=3)
     resumed.train(resume_from_checkpoint=checkpoint)
-    losses = [h["loss"] for h in _steps(full)]
-    assert [h["loss"] for h in _steps(resumed)] == pytest.approx(losses, rel=1e-5)  # history kept, then resumed
+    losses = [h["loss"] for h in helpers.logged_steps(full)]
+    assert [h["loss"] for h in helpers.logged_steps(resumed)] == pytest.approx(
+        losses, rel=1e-5
+    )  # history kept, then resumed
     assert len(set(losses)) == len(losses)
     for (name, p), q in zip(full.model.named_parameters(), resumed.model.parameters()):
         torch.testing.assert_close(p, q, atol=1e-6, rtol=1e-5, msg=name)
