@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from trl_likelihood.losses import action_nll, sequencematch_loss
+from trl_likelihood.losses import action_nll, sequence_nll, sequencematch_loss
 
 EOS = 3
 
@@ -335,3 +335,17 @@ def test_minus_inf_logits_of_padded_actions_stay_out():
     terms.loss.backward()
     torch.testing.assert_close(terms.loss, base.loss, rtol=1e-6, atol=0)
     assert torch.isfinite(blocked.grad).all()
+
+
+def test_action_logps_share_the_pass_with_bc():
+    """``terms.action_logps`` is log pi(a_i | u_i) = Q - V with its graph: BC from it equals ``action_nll``."""
+    l0, l1 = LOGITS
+    logits, actions, mask, terminated, is_data = _inputs()
+    terms = sequencematch_loss(logits, actions, mask, terminated, is_data, gamma=0.9, eos_token_id=EOS)
+    by_hand = [[l0[0][2] - _lse(l0[0]), l0[1][EOS] - _lse(l0[1])], [l1[0][1] - _lse(l1[0]), 0.0]]  # padding: 0
+    torch.testing.assert_close(terms.action_logps, torch.tensor(by_hand), rtol=1e-6, atol=1e-6)
+    shared = sequence_nll(terms.action_logps, mask)
+    torch.testing.assert_close(shared, action_nll(logits, actions, mask, reduction="sequence"), rtol=1e-6, atol=0)
+    shared.backward()
+    assert logits.grad is not None and logits.grad.abs().sum() > 0
+    assert sequence_nll(terms.action_logps, torch.zeros_like(mask)).item() == 0.0  # no step: no row

@@ -176,7 +176,8 @@ class SequenceMatchTerms:
     ``-E_data[phi-weighted r]``), ``value`` the value term and ``chi2`` the un-weighted chi^2 term. ``expert_reward``
     and ``rollout_reward`` are the mean of each row's normalised reward ``sum g r / W`` over data and model rows
     (``nan`` when there is no such row); ``expert_value`` is the mean ``V(u_0)`` over data rows, the absolute logit
-    level that drifts under this loss (ALGORITHMS.md 3(g)).
+    level that drifts under this loss (ALGORITHMS.md 3(g)). ``action_logps`` ``(B, T)``, with its graph, is
+    ``log pi(a_i | u_i) = Q - V`` (0 on padding), so that a BC term can share the pass (``sequence_nll``).
     """
 
     loss: torch.Tensor
@@ -186,6 +187,7 @@ class SequenceMatchTerms:
     expert_reward: torch.Tensor
     rollout_reward: torch.Tensor
     expert_value: torch.Tensor
+    action_logps: torch.Tensor | None = None
 
 
 def _check_sequencematch_args(
@@ -322,7 +324,13 @@ def sequencematch_loss(
     rows = torch.arange(batch, device=logits.device)
 
     values = torch.logsumexp(logits, dim=-1)  # (B, T+1) V(u_i)
-    q = logits[:, :-1].gather(-1, actions.masked_fill(~steps, 0).unsqueeze(-1)).squeeze(-1)  # (B, T)
+    # One gather for Q(u_i, a_i) and the absorbing state's Q(u_T, EOS): a single full-size tensor in the backward.
+    index = torch.cat([actions.masked_fill(~steps, 0), actions.new_zeros(batch, 1)], 1)  # (B, T+1)
+    if terminal == "absorbing":
+        is_end = torch.arange(width + 1, device=logits.device) == n_steps.unsqueeze(-1)
+        index = index.masked_fill(is_end, eos_token_id)
+    picked = logits.gather(-1, index.unsqueeze(-1)).squeeze(-1)  # (B, T+1)
+    q = picked[:, :-1]  # (B, T); past a row's T_b it holds anything, and is masked below
     done = terminated.bool()
     is_last = steps & (torch.arange(width, device=logits.device) == (n_steps - 1).unsqueeze(-1))
     next_values = values[:, 1:]
@@ -337,7 +345,7 @@ def sequencematch_loss(
     v_abs, tail_rewards = values[rows, n_steps], torch.zeros(batch, device=logits.device)
     if terminal == "absorbing":
         tail_weight = torch.where(done, _tail_weight(n_steps, horizon, gamma), tail_weight)
-        tail_rewards = logits[rows, n_steps, eos_token_id] - gamma * v_abs
+        tail_rewards = picked[rows, n_steps] - gamma * v_abs
     total = (weights.sum(-1) + tail_weight).clamp(min=torch.finfo(torch.float32).tiny)  # W_b; an empty row gives 0
 
     phi_grad, tail_phi_grad = torch.ones_like(rewards), torch.ones_like(tail_rewards)
@@ -360,6 +368,7 @@ def sequencematch_loss(
         expert_reward=_masked_mean(reward_rows, data, empty=math.nan),
         rollout_reward=_masked_mean(reward_rows, ~data, empty=math.nan),
         expert_value=_masked_mean(values[:, 0].detach(), data, empty=math.nan),
+        action_logps=(q - values[:, :-1]).masked_fill(~steps, 0.0),
     )
 
 
@@ -395,8 +404,15 @@ def action_nll(
     logprobs = torch.log_softmax(state_logits[:, :-1].float(), dim=-1)
     logps = logprobs.gather(-1, actions.masked_fill(~keep, 0).unsqueeze(-1)).squeeze(-1).masked_fill(~keep, 0.0)
     if reduction == "sequence":
-        rows = keep.any(-1)
-        per_row = -logps.sum(-1) / keep.sum(-1).clamp(min=1)
-        return per_row.masked_fill(~rows, 0.0).sum() / rows.sum().clamp(min=1)  # no boolean index: no host sync
+        return sequence_nll(logps, keep)
     denom = keep.sum() if num_tokens is None else torch.as_tensor(num_tokens, device=logps.device)
     return -logps.sum() / denom.clamp(min=1)
+
+
+def sequence_nll(logps: torch.Tensor, action_mask: torch.Tensor) -> torch.Tensor:
+    """The mean over rows of each row's mean NLL (``action_nll``'s ``"sequence"`` reduction), from ``(B, T)`` action
+    log-probabilities (0 on padding), e.g. ``SequenceMatchTerms.action_logps``; rows without a step are left out."""
+    keep = action_mask.bool()
+    rows = keep.any(-1)
+    per_row = -logps.masked_fill(~keep, 0.0).sum(-1) / keep.sum(-1).clamp(min=1)
+    return per_row.masked_fill(~rows, 0.0).sum() / rows.sum().clamp(min=1)  # no boolean index: no host sync

@@ -61,7 +61,7 @@ from ..backspace import (
 from ..cards import CardInfo
 from ..data import checked_sft_datasets
 from ..generation import sample_with_backspace, sampling_seed
-from ..losses import IGNORE_INDEX, action_nll, sequencematch_loss
+from ..losses import IGNORE_INDEX, action_nll, sequence_nll, sequencematch_loss
 from ..states import state_logits, states_batch
 from .base import (
     CardMixin,
@@ -416,10 +416,9 @@ class SequenceMatchTrainer(CheckpointedMethodState, DeviceMetrics, CardMixin, Lo
         # <bkspc> at an empty completion is not an action (the sampler forbids it): its state is the prompt's end.
         logits.select(-1, self.bkspc_id).masked_fill_(batch["state_empty"], float("-inf"))
         n_data = len(data)
-        bc = action_nll(
-            logits[:n_data], batch["actions"][:n_data], batch["action_mask"][:n_data], reduction="sequence"
-        )
-        if not with_sm:
+        if not with_sm:  # BC on the data rows (a slice only when rollouts came along: it costs a full-size copy)
+            keep = slice(None) if not rollouts else slice(n_data)
+            bc = action_nll(logits[keep], batch["actions"][keep], batch["action_mask"][keep], reduction="sequence")
             self.record_metrics(mode, bc_loss=bc)
             return bc
         is_data = torch.arange(len(trajectories), device=logits.device) < n_data
@@ -436,6 +435,7 @@ class SequenceMatchTrainer(CheckpointedMethodState, DeviceMetrics, CardMixin, Lo
             eos_token_id=self._eos[0] if self._eos else -1,
             horizon=max(self.args.horizon or self.args.max_length or 0, batch["actions"].size(1)),
         )
+        bc = sequence_nll(terms.action_logps[:n_data], batch["action_mask"][:n_data])  # Q - V of this pass
         loss = (1 - self.args.sm_weight) * bc + self.args.sm_weight * terms.loss
         names = ("linear", "value", "chi2", "expert_reward", "rollout_reward")
         self.record_metrics(mode, bc_loss=bc, **{name: getattr(terms, name) for name in names}, sm_loss=terms.loss)
