@@ -204,11 +204,6 @@ class DDOTrainer(CheckpointedMethodState, CardMixin, LossOnlyEvaluation, SFTTrai
         super().__init__(model, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset, **kwargs)
         if args.disable_dropout:
             _compat.disable_dropout_in_model(self.model)
-        if self.train_dataset is not None and hasattr(self.train_dataset, "__len__") and len(self.train_dataset) == 0:
-            raise ValueError(
-                "train_dataset has no usable rows: every row lost its scored tokens (empty completion, or a prompt "
-                f"at least `max_length`={args.max_length} tokens long)."
-            )
         # The same three reference sources as the implicit PRM: adapter disabled, explicit model, frozen copy.
         self.reference = build_reference(self, ref_model)
         if self.reference.kind == "model" and _compat.is_peft(self.model) and args.num_rounds > 1:
