@@ -11,6 +11,8 @@ backend, no display needed); the mean over seeds is drawn with its standard devi
 - ``plot_ddo``: invalid-sample rate and per-context JS at the end of each round, DDO and MLE (``ddo_vs_mle``).
 - ``plot_sequencematch``: clean accuracy and recovery from each corrupted answer start, MLE vs BC vs SequenceMatch
   (``sequencematch_vs_bc``).
+- ``plot_prm_comparison``: implicit vs explicit PRMs, each metric against the label budget, with the controls
+  (``prm_comparison.compare_prms``).
 """
 
 from __future__ import annotations
@@ -213,4 +215,59 @@ def plot_sequencematch_noise(runs_by_noise: Mapping[float, Sequence[Run]], path:
     axes[0].legend(fontsize=7)
     seeds = len(next(iter(runs_by_noise.values())))
     fig.suptitle(f"Recovery vs noise level, 2-digit addition ({_title([{}] * seeds)})", fontsize=10)
+    return _save(fig, path)
+
+
+PRM_ARMS = {
+    "implicit_ce": ("implicit PRM, CE (outcome labels)", "tab:blue", "-"),
+    "implicit_dpo": ("implicit PRM, DPO (outcome labels)", "tab:cyan", "-"),
+    "explicit_exact": ("explicit PRM, exact step labels", "tab:red", "-"),
+    "explicit_shepherd": ("explicit PRM, Math-Shepherd labels", "tab:purple", "-"),
+}
+PRM_PANELS = (
+    ("bug_auroc", "step AUROC in bug cells"),
+    ("step_auroc", "step AUROC, pooled"),
+    ("first_error_f1", "first-error F1 (ProcessBench)"),
+    ("bon4_min", "best-of-4 accuracy"),
+    ("bon16_min", "best-of-16 accuracy"),
+)
+
+
+def budgets_of(run: Mapping[str, Any], arm: str) -> list[int]:
+    """The label budgets at which ``prm_comparison.compare_prms`` ran ``arm`` (keys ``"<arm>@<budget>"``)."""
+    return sorted(int(key.split("@")[1]) for key in run if key.startswith(f"{arm}@"))
+
+
+def plot_prm_comparison(runs: Sequence[Mapping[str, Mapping[str, float]]], path: str) -> str:
+    """Each metric against the label budget, one line per PRM arm, the controls (log pi_ref, random scorer) and the
+    selection baselines (majority vote, oracle) as flat lines: they need no labels. Runs are ``compare_prms``'s."""
+    plt = _pyplot()
+    arms = [arm for arm in PRM_ARMS if budgets_of(runs[0], arm)]
+    fig, axes = plt.subplots(2, 3, figsize=(11, 6))
+    for ax, (metric, label) in zip(axes.flat, PRM_PANELS):
+        for arm in arms:
+            budgets = budgets_of(runs[0], arm)
+            mean, std = _series(runs, [(f"{arm}@{b}", metric) for b in budgets])
+            name, color, style = PRM_ARMS[arm]
+            ax.errorbar(budgets, mean, yerr=std, marker="o", capsize=3, color=color, linestyle=style, label=name)
+        flat = [("log_pi_ref", metric, "log pi_ref (control)", "tab:orange", "--"),
+                ("random", metric, "random scorer", "gray", ":")]  # fmt: skip
+        if metric.startswith("bon"):
+            size = metric[3 : metric.index("_")]
+            flat += [("baselines", f"bon{size}_majority", "majority vote", "tab:green", "--"),
+                     ("baselines", f"bon{size}_oracle", "oracle (any correct)", "black", ":")]  # fmt: skip
+        for arm, key, name, color, style in flat:
+            ax.axhline(mean_std(runs, arm, key)[0], color=color, linestyle=style, linewidth=1.2, label=name)
+        ax.set_xscale("log")
+        ax.set_xlabel("labelled responses (budget)")
+        ax.set_title(label, fontsize=9)
+        ax.grid(alpha=0.3)
+    handles = {}
+    for ax in axes.flat[: len(PRM_PANELS)]:
+        for handle, name in zip(*ax.get_legend_handles_labels()):
+            handles.setdefault(name, handle)
+    axes.flat[-1].axis("off")
+    axes.flat[-1].legend(handles.values(), handles.keys(), fontsize=8, loc="center")
+    fig.suptitle(f"Implicit vs explicit PRMs at equal label budgets, modular addition with bug cells ({_title(runs)})",
+                 fontsize=10)  # fmt: skip
     return _save(fig, path)

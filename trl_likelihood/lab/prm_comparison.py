@@ -57,7 +57,7 @@ class ComparisonSetup:
     seed: int = 0
     budgets: Sequence[int] = (500, 1000, 3000, 10_000)
     arms: Sequence[str] = ARMS
-    shepherd_k: int = 4  # continuations per step; Math-Shepherd used N = 8 on GSM8K/MATH
+    shepherd_k: int = 8  # continuations per step, as Math-Shepherd (N = 8 on GSM8K and MATH)
     beta: float = 0.5
     epochs: float = 2.0  # the rule: the same passes (so optimizer steps per label) for every arm
     batch_size: int = 64
@@ -167,7 +167,10 @@ def compare_prms(
     reference, tokenizer = load_reference(ref_dir)
     dev, test = task.step_dataset(setup.num_dev, DEV_SEED), task.step_dataset(setup.num_eval, EVAL_SEED)
     evaluate = dict(num_eval=setup.num_eval, num_prompts=setup.num_prompts, ns=setup.ns, seed=EVAL_SEED)
-    controls = {"log_pi_ref": LogLikelihoodScorer(reference, tokenizer, task.step_separator), "random": RandomScorer()}
+    controls = {
+        "log_pi_ref": LogLikelihoodScorer(reference, tokenizer, task.step_separator),
+        "random": RandomScorer(EVAL_SEED + setup.seed),
+    }
     results = run_prm_efficacy(task, reference, controls, controls=False, **evaluate)
     for name, scorer in controls.items():
         results[name] |= first_error_f1(scorer, task, dev, test)
