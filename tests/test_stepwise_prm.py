@@ -8,6 +8,8 @@ import copy
 import json
 import math
 import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -19,6 +21,7 @@ from transformers import AutoModelForCausalLM, AutoModelForTokenClassification, 
 
 from tests.conftest import cpu_args
 from trl_likelihood import ImplicitPRM, StepScores, StepwisePRM, StepwisePRMConfig, StepwisePRMTrainer, cli, load_prm
+from trl_likelihood.metrics import binary_auroc
 from trl_likelihood.prm_scorer import sigmoid
 from trl_likelihood.trainers.stepwise_prm import step_label_loss
 
@@ -378,3 +381,51 @@ def test_cli_bad_step_label_exits_2_before_training(tiny_model_dir, tmp_path, ca
     err = capsys.readouterr().err
     assert "stepwise-prm: error: train_dataset: column 'labels', row 3, step 1: expected a boolean or 0/1" in err
     assert "Traceback" not in err and not os.path.exists(tmp_path / "out")
+
+
+@pytest.mark.slow
+def test_two_cpu_processes_equal_one_with_twice_the_batch(tiny_model_dir, tmp_path):
+    """Two gloo ranks (batch 2 each, the launch script) against one process (batch 4), read in order: rows hold 2 to 4
+    steps, so only a loss divided by both ranks' steps, with DDP's average undone, saves the same weights. The
+    5-row evaluation splits unevenly over the ranks: its step metrics equal the saved model's, scored alone."""
+    from safetensors.torch import load_file
+
+    from tests.test_distributed import _env, _launch_two
+
+    (tmp_path / "data").mkdir()
+    for split, rows in (("train", _data(8)), ("test", _data(5))):
+        (tmp_path / "data" / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows.to_list()))
+    settings = {
+        "model_name_or_path": tiny_model_dir,
+        "dataset_name": str(tmp_path / "data"),
+        **cpu_args(max_steps=2, per_device_train_batch_size=2, learning_rate=0.5),
+        "optim": "sgd",
+        "train_sampling_strategy": "sequential",
+        "eval_strategy": "steps",
+        "eval_steps": 2,
+        "per_device_eval_batch_size": 2,
+    }
+    (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(settings))
+    script, config = os.path.join(os.path.dirname(cli.__file__), "..", "trainers", "stepwise_prm.py"), "cfg.yaml"
+    runs = {
+        "one": [sys.executable, script, "--config", config, "--per_device_train_batch_size", "4"],
+        "two": _launch_two(script, config),
+    }
+    for name, command in runs.items():
+        command = [*command, "--output_dir", name]
+        proc = subprocess.run(command, env=_env(), cwd=tmp_path, capture_output=True, text=True, timeout=240)
+        assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    logs = {n: json.load(open(tmp_path / n / "trainer_state.json"))["log_history"] for n in runs}
+    losses = {n: [h["loss"] for h in log if "loss" in h] for n, log in logs.items()}
+    assert len(losses["one"]) == 2 and losses["two"] == pytest.approx(losses["one"], rel=1e-5)
+    one, two = (load_file(str(tmp_path / n / "model.safetensors")) for n in runs)
+    for n, p in one.items():
+        torch.testing.assert_close(two[n], p, rtol=1e-5, atol=1e-6, msg=n)
+    evaluation = next(h for h in logs["two"] if "eval_prm/step_accuracy" in h)
+    prm, test = load_prm(str(tmp_path / "two")), _data(5).to_dict()
+    scored = prm.score(test["prompt"], test["completions"])
+    logodds = torch.tensor([r for s in scored for r in s.step_rewards])
+    labels = torch.tensor([bool(x) for row in test["labels"] for x in row])
+    assert len(labels) == 14  # 3 + 2 + 4 + 2 + 3 steps, each once
+    assert evaluation["eval_prm/step_accuracy"] == pytest.approx(((logodds > 0) == labels).float().mean().item())
+    assert evaluation["eval_prm/step_auroc"] == pytest.approx(binary_auroc(logodds, labels))

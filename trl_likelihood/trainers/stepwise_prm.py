@@ -40,6 +40,7 @@ from transformers import (
     DataCollatorForTokenClassification,
     Trainer,
     TrainingArguments,
+    set_seed,
 )
 
 from .. import _compat
@@ -200,6 +201,7 @@ class _TokenisedStepwiseData:
 def _classifier(model: Any, args: StepwisePRMConfig) -> torch.nn.Module:
     """A 2-label token classifier (``1 = correct``): loaded from a path with ``model_init_kwargs``, or checked."""
     if isinstance(model, str):
+        set_seed(args.seed)  # the new head `score` is drawn from the run's seed, as TRL's RewardTrainer does
         init = {"trust_remote_code": args.trust_remote_code, **(args.model_init_kwargs or {})}
         init |= {"num_labels": 2, "id2label": LABELS, "label2id": {v: k for k, v in LABELS.items()}}
         return _compat.create_model_from_path(model, AutoModelForTokenClassification, **init)
