@@ -15,8 +15,8 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from trl_likelihood import evaluate_metrics
+from trl_likelihood import metrics as tm
 from trl_likelihood.lab import PAD_ID, BigramTask, bigram_metrics, prefix_metrics, sample_model, tiny_causal_lm
-from trl_likelihood.lab import text_metrics as tm
 
 REPO = Path(__file__).resolve().parent.parent
 INF = float("inf")
@@ -146,25 +146,20 @@ def test_modules_agree_with_the_lab_metrics():
     assert reverse["reverse_nll"] == pytest.approx(full["reverse_nll"], rel=1e-9)
 
 
-def test_the_report_metrics_come_from_the_shipped_modules(monkeypatch):
-    """``bigram_metrics`` (MixCE, DDO, demo, notebooks) and ``step_metrics`` (implicit PRM) compute every exact metric
-    through ``evaluate_metrics.shared``: breaking a module breaks the report."""
-    from trl_likelihood.lab import metrics, modarith, prm_metrics
+def test_the_lab_step_metrics_equal_the_shipped_modules():
+    """``step_metrics`` (implicit PRM report) computes with the library functions the modules wrap: same numbers."""
+    from trl_likelihood.lab import modarith, prm_metrics
 
-    used = []
-
-    def spy(name):
-        used.append(name)
-        return evaluate_metrics.shared(name)
-
-    monkeypatch.setattr(metrics, "shared", spy)
-    monkeypatch.setattr(prm_metrics, "shared", spy)
-    task = BigramTask(vocab_size=12, max_len=8, seed=0)
-    bigram_metrics(tiny_causal_lm(task.tokenizer(), hidden_size=16, seed=0), task, num_sequences=20, num_samples=20)
-    mod_task = modarith.ModArithTask()
-    prm_metrics.step_metrics(prm_metrics.RandomScorer(seed=0), mod_task.step_dataset(200, seed=1))
-    exact = {"per_context_js", "impossible_mass", "invalid_sample_rate", "reverse_cross_entropy"}
-    assert set(used) == exact | {"step_auroc", "first_error_localisation"}
+    data = modarith.ModArithTask().step_dataset(200, seed=1)
+    metrics = prm_metrics.step_metrics(prm_metrics.RandomScorer(seed=0), data)
+    rewards = prm_metrics.RandomScorer(seed=0)(data["prompt"], data["steps"])
+    inputs = {
+        "predictions": [list(r) for r in rewards],
+        "references": [[int(c) for c in s] for s in data["step_correct"]],
+    }
+    assert evaluate_metrics.load("step_auroc").compute(**inputs)["step_auroc"] == metrics["step_auroc"]
+    located = evaluate_metrics.load("first_error_localisation").compute(**inputs)["localisation"]
+    assert located == metrics["localisation"]
 
 
 @pytest.mark.slow
@@ -176,7 +171,7 @@ def test_wheel_ships_the_metric_modules(tmp_path):
     names = set(zipfile.ZipFile(wheel).namelist())
     for name in evaluate_metrics.METRICS:
         assert f"trl_likelihood/evaluate_metrics/{name}/{name}.py" in names
-    assert "trl_likelihood/evaluate_metrics/__init__.py" in names and "trl_likelihood/lab/text_metrics.py" in names
+    assert "trl_likelihood/evaluate_metrics/__init__.py" in names and "trl_likelihood/metrics.py" in names
 
 
 @pytest.mark.parametrize(

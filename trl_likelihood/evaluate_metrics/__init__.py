@@ -1,7 +1,7 @@
 """The lab's exact metrics and generation-quality metrics as ``evaluate`` modules, shipped in the package.
 
 Each module is ``<name>/<name>.py`` here, an ``evaluate.Metric`` whose ``_compute`` calls a pure function of
-``trl_likelihood.lab.text_metrics``; ``load(name)`` is ``evaluate.load(<that path>)``, so nothing is downloaded::
+``trl_likelihood.metrics``; ``load(name)`` is ``evaluate.load(<that path>)``, so nothing is downloaded::
 
     from trl_likelihood import evaluate_metrics
 
@@ -11,7 +11,6 @@ Each module is ``<name>/<name>.py`` here, an ``evaluate.Metric`` whose ``_comput
 
 from __future__ import annotations
 
-import functools
 from pathlib import Path
 from typing import Any
 
@@ -40,11 +39,3 @@ def load(name: str, **kwargs: Any) -> Any:
     import evaluate
 
     return evaluate.load(module_path(name), **kwargs)
-
-
-@functools.cache
-def shared(name: str) -> Any:
-    """The module ``name`` loaded once per process and kept in memory (no cache files per call), for the lab's own
-    metric functions. Call ``compute(predictions=..., references=...)`` on it in one go: a shared module must not be
-    left holding ``add_batch`` rows."""
-    return load(name, keep_in_memory=True)

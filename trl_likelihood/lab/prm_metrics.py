@@ -25,8 +25,7 @@ import torch
 from datasets import Dataset
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from ..evaluate_metrics import shared
-from ..metrics import binary_auroc
+from ..metrics import first_error_localisation, step_auroc, tie_credit
 from .modarith import ModArithTask, Rollouts, load_reference
 
 
@@ -38,14 +37,6 @@ class StepScorer(Protocol):
     def __call__(self, prompts: list[str], steps_list: list[list[str]]) -> Sequence[Any]: ...
 
 
-def auroc(positive: np.ndarray, negative: np.ndarray) -> float:
-    """P(positive score > negative score), ties counted 1/2; nan if either is empty (``metrics.binary_auroc``)."""
-    positive, negative = np.asarray(positive, dtype=np.float64), np.asarray(negative, dtype=np.float64)
-    scores = torch.from_numpy(np.concatenate([positive, negative]))
-    labels = torch.cat([torch.ones(positive.size, dtype=torch.bool), torch.zeros(negative.size, dtype=torch.bool)])
-    return binary_auroc(scores, labels)
-
-
 def _score(scorer: StepScorer, prompts: list[str], steps_list: list[list[str]]) -> np.ndarray:
     """Call a scorer and check its output: ``(n, K)`` float64 (every response here has the task's K steps)."""
     out = scorer(prompts, steps_list)
@@ -53,13 +44,6 @@ def _score(scorer: StepScorer, prompts: list[str], steps_list: list[list[str]]) 
     if len(rewards) != len(steps_list) or any(len(r) != len(s) for r, s in zip(rewards, steps_list)):
         raise ValueError("A scorer must return one reward per step of every response.")
     return np.stack(rewards)
-
-
-def _tie_credit(scores: np.ndarray, hit: np.ndarray, best: str) -> np.ndarray:
-    """Per row, the share of the best-scored entries (``"min"`` or ``"max"``) that are hits: uniform tie-breaking."""
-    target = scores.min(-1, keepdims=True) if best == "min" else scores.max(-1, keepdims=True)
-    chosen = scores == target
-    return (chosen & hit).sum(-1) / chosen.sum(-1)
 
 
 # ----- scorers -----
@@ -230,7 +214,7 @@ def step_metrics(scorer: StepScorer, data: Dataset) -> dict[str, float]:
     slip = ~correct & ~bug_error
     has_bug, has_slip = bug_error.any(-1), slip.any(-1)
     totals = rewards.sum(-1, keepdims=True)
-    # Through the shipped ``evaluate`` modules (what users load); a subset of steps is kept per response.
+    # The library's metric maths (what the shipped ``evaluate`` modules wrap); a subset of steps kept per response.
     return {
         "step_auroc": _steps_metric("step_auroc", rewards, correct),
         "bug_auroc": _steps_metric("step_auroc", rewards, correct, (in_bug_cell & correct) | bug_error),
@@ -243,16 +227,17 @@ def step_metrics(scorer: StepScorer, data: Dataset) -> dict[str, float]:
 
 
 def _steps_metric(name: str, rewards: np.ndarray, correct: np.ndarray, keep: np.ndarray | None = None) -> float:
-    """The shipped module ``name`` on per-response step rewards and labels, ``keep`` selecting steps per response."""
+    """``step_auroc`` or ``first_error_localisation`` on per-response step rewards and labels, ``keep`` selecting
+    steps per response."""
     keep = np.ones_like(correct) if keep is None else keep
-    predictions = [r[k].tolist() for r, k in zip(rewards, keep)]
-    references = [c[k].astype(int).tolist() for c, k in zip(correct, keep)]
+    predictions = [r[k] for r, k in zip(rewards, keep)]
+    references = [c[k] for c, k in zip(correct, keep)]
     if not predictions:
         return float("nan")
-    return shared(name).compute(predictions=predictions, references=references)[_RESULT_KEY[name]]
+    return _STEP_METRICS[name](predictions, references)
 
 
-_RESULT_KEY = {"step_auroc": "step_auroc", "first_error_localisation": "localisation"}
+_STEP_METRICS = {"step_auroc": step_auroc, "first_error_localisation": first_error_localisation}
 
 
 def best_of_n_accuracy(
@@ -267,7 +252,7 @@ def best_of_n_accuracy(
     out = {}
     for size in ns:
         for name, score in [("min", rewards[:, :size].min(-1)), ("sum", rewards[:, :size].sum(-1))]:
-            out[f"bon{size}_{name}"] = float(_tie_credit(score, correct[:, :size], "max").mean())
+            out[f"bon{size}_{name}"] = float(tie_credit(score, correct[:, :size], "max").mean())
     return out
 
 
@@ -279,7 +264,7 @@ def best_of_n_baselines(candidates: Rollouts, n: int, ns: Sequence[int] = (4, 16
     for size in ns:
         votes = (answers[:, :size, None] == answers[:, None, :size]).sum(-1)  # votes of each candidate's answer
         out[f"bon{size}_random"] = float(correct[:, :size].mean())
-        out[f"bon{size}_majority"] = float(_tie_credit(votes, correct[:, :size], "max").mean())
+        out[f"bon{size}_majority"] = float(tie_credit(votes, correct[:, :size], "max").mean())
         out[f"bon{size}_oracle"] = float(correct[:, :size].any(-1).mean())
     return out
 

@@ -3,7 +3,7 @@
 import evaluate
 
 from trl_likelihood.evaluate_metrics.module_info import STEP_SCORES, metric_info
-from trl_likelihood.lab.text_metrics import first_error_localisation
+from trl_likelihood.metrics import first_error_localisation
 
 _DESCRIPTION = """Over responses with exactly one wrong step, the share whose lowest-scored step is the wrong one;
 ties split the credit (a constant scorer gets 1/K on K-step responses). Responses with no error or several are

@@ -3,7 +3,7 @@
 import evaluate
 
 from trl_likelihood.evaluate_metrics.module_info import TEXTS, metric_info
-from trl_likelihood.lab.text_metrics import generation_quality
+from trl_likelihood.metrics import generation_quality
 
 _CITATION = """Li et al., "A Diversity-Promoting Objective Function for Neural Conversation Models", NAACL 2016
 (distinct-n). Welleck et al., "Neural Text Generation with Unlikelihood Training", ICLR 2020 (seq-rep-n)."""

@@ -3,7 +3,7 @@
 import evaluate
 
 from trl_likelihood.evaluate_metrics.module_info import DISTRIBUTIONS, metric_info
-from trl_likelihood.lab.text_metrics import impossible_mass
+from trl_likelihood.metrics import impossible_mass
 
 _DESCRIPTION = """Mean over contexts of the model's probability on tokens whose true probability is 0: the mass a
 model spreads where the data never goes (MixCE's target, ALGORITHMS.md 2(g))."""

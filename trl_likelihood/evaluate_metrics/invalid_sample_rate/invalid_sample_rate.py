@@ -3,7 +3,7 @@
 import evaluate
 
 from trl_likelihood.evaluate_metrics.module_info import SAMPLE_LOG_PROBS, metric_info
-from trl_likelihood.lab.text_metrics import invalid_rate
+from trl_likelihood.metrics import invalid_rate
 
 _DESCRIPTION = """Share of samples with true probability 0 (a forbidden transition, or no end by the maximum
 length). The input is each sample's true log-probability, e.g. ``log_p, _ = task.log_prob(samples)`` for a

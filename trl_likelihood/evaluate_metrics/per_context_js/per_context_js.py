@@ -3,7 +3,7 @@
 import evaluate
 
 from trl_likelihood.evaluate_metrics.module_info import DISTRIBUTIONS, metric_info
-from trl_likelihood.lab.text_metrics import per_context_js
+from trl_likelihood.metrics import per_context_js
 
 _DESCRIPTION = """Mean over contexts of JS(P(.|c), Q(.|c)) in nats (0 to log 2), where P is the task's true next-token
 distribution and Q the model's. One row per context; pass one row per visited prefix to weight contexts as P visits

@@ -3,7 +3,7 @@
 import evaluate
 
 from trl_likelihood.evaluate_metrics.module_info import TEXTS, metric_info
-from trl_likelihood.lab.text_metrics import perplexity
+from trl_likelihood.metrics import perplexity
 
 _DESCRIPTION = """Perplexity of each text under ``model``: exp of the mean token NLL, the first token being context
 only. Unlike the Hub's ``perplexity`` metric, the scorer is a model object or a local directory (a PEFT adapter

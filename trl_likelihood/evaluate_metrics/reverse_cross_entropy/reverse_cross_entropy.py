@@ -3,7 +3,7 @@
 import evaluate
 
 from trl_likelihood.evaluate_metrics.module_info import SAMPLE_LOG_PROBS_AND_LENGTHS, metric_info
-from trl_likelihood.lab.text_metrics import reverse_cross_entropy
+from trl_likelihood.metrics import reverse_cross_entropy
 
 _DESCRIPTION = """-log P per token (nats) over the model's valid samples, P the task's true distribution: how
 plausible what the model writes is. Inputs are ``log_p, num_tokens = task.log_prob(samples)`` for a ``BigramTask``;

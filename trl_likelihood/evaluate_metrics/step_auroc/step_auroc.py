@@ -3,7 +3,7 @@
 import evaluate
 
 from trl_likelihood.evaluate_metrics.module_info import STEP_SCORES, metric_info
-from trl_likelihood.lab.text_metrics import step_auroc
+from trl_likelihood.metrics import step_auroc
 
 _DESCRIPTION = """P(score of a correct step > score of a wrong step), ties counted 1/2, pooled over every step of
 every response (responses may have different numbers of steps). 0.5 is chance; a constant scorer gets exactly 0.5."""
