@@ -90,6 +90,10 @@ def test_labels_sit_exactly_at_the_step_ends(tiny_model_dir, tokenizer, tmp_path
     assert tokenizer.decode(trainer.train_dataset[0]["input_ids"]).endswith(
         "over the dog.\na red model\nwrites new words.\n"
     )
+    again = StepwisePRMTrainer(
+        tiny_model_dir, args=_args(tmp_path, max_length=None), train_dataset=trainer.train_dataset
+    )
+    assert again.train_dataset.to_list() == trainer.train_dataset.to_list()  # token rows are taken as they are
 
 
 def test_truncation_and_last_step_only(tiny_model_dir, tokenizer, tmp_path):

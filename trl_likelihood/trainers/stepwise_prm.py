@@ -147,7 +147,8 @@ def step_label_loss(
 
 
 def _tokenised(dataset: Dataset | None, tokenizer: Any, args: StepwisePRMConfig, where: str, is_eval: bool):
-    """The dataset tokenised as ``tokenize_stepwise`` and stripped of the rows truncation left unlabelled."""
+    """The dataset tokenised as ``tokenize_stepwise`` and stripped of the rows truncation left unlabelled. Rows
+already tokenised (``input_ids`` and ``labels``, as TRL's ``PRMTrainer`` accepted) are taken as they are."""
     if dataset is None:
         return None
 
@@ -165,16 +166,23 @@ def _tokenised(dataset: Dataset | None, tokenizer: Any, args: StepwisePRMConfig,
         return {"input_ids": tokens.input_ids, "labels": stepwise_labels(tokens, row["labels"], last_only)}
 
     with PartialState().main_process_first():
-        dataset = dataset.map(
-            tokenize,
-            num_proc=args.dataset_num_proc,
-            remove_columns=dataset.column_names,
-            features=Features({"input_ids": Sequence(Value("int64")), "labels": Sequence(Value("int64"))}),
-            desc=f"Tokenizing {where}",
-        )
+        if not is_tokenised(dataset):
+            dataset = dataset.map(
+                tokenize,
+                num_proc=args.dataset_num_proc,
+                remove_columns=dataset.column_names,
+                features=Features({"input_ids": Sequence(Value("int64")), "labels": Sequence(Value("int64"))}),
+                desc=f"Tokenizing {where}",
+            )
         return dataset.filter(
             lambda row: any(label != -100 for label in row["labels"]), num_proc=args.dataset_num_proc
         )
+
+
+def is_tokenised(dataset: Any) -> bool:
+    """Token rows (``input_ids``, per-token ``labels``) rather than stepwise text."""
+    columns = getattr(dataset, "column_names", None) or []
+    return "input_ids" in columns and "labels" in columns and "completions" not in columns
 
 
 def _eval_name(key: str | None) -> str:
@@ -274,7 +282,7 @@ class StepwisePRMTrainer(CardMixin, _TokenisedStepwiseData, Trainer):
         evals = eval_dataset if isinstance(eval_dataset, dict) else {None: eval_dataset}
         splits = {"train_dataset": train_dataset, **{_eval_name(k): v for k, v in evals.items()}}
         for where, dataset in splits.items():  # bad rows are named before a model is loaded
-            if dataset is not None:
+            if dataset is not None and not is_tokenised(dataset):
                 validate_stepwise_dataset(dataset, where)
         model = _classifier(model, args)
         if processing_class is None:
