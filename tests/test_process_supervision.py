@@ -186,7 +186,7 @@ def test_the_commands_load_an_explicit_prm_as_a_stepwise_scorer(tiny_model_dir, 
     """``evaluate-prm`` and ``score`` take a trained explicit PRM (a token classifier) as they take an implicit one."""
     from trl_likelihood import StepwisePRM, StepwisePRMConfig, StepwisePRMTrainer
     from trl_likelihood.entry import main
-    from trl_likelihood.prm_cli import is_token_classifier, load_prm
+    from trl_likelihood.prm_scorer import is_token_classifier, load_prm
 
     out = tmp_path / "explicit"
     trainer = StepwisePRMTrainer(

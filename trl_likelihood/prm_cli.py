@@ -67,29 +67,12 @@ def _splits(args: argparse.Namespace) -> tuple[Any, Any]:
     return splits[name], None
 
 
-def load_prm(model: str, reference: str = "base", beta: float | None = None, batch_size: int = 8, device=None) -> Any:
-    """The scorer for a trained PRM folder or Hub id: a ``StepwisePRM`` for a token classifier (the explicit PRM),
-    else an ``ImplicitPRM`` with ``reference`` and ``beta``."""
-    if is_token_classifier(model):
-        from .stepwise_prm import StepwisePRM
+def load_scorer(model: str, reference: str, beta: float | None, batch_size: int, device: Any = None) -> Any:
+    """``prm_scorer.load_prm`` with the flags each kind takes: an explicit PRM has no reference and no beta."""
+    from .prm_scorer import is_token_classifier, load_prm
 
-        return StepwisePRM.from_pretrained(model, batch_size=batch_size, device=device)
-    from .scoring import ImplicitPRM
-
-    return ImplicitPRM.from_pretrained(model, reference=reference, beta=beta, batch_size=batch_size, device=device)
-
-
-def is_token_classifier(model: str) -> bool:
-    """Whether a saved model (or adapter) classifies tokens, as ``StepwisePRMTrainer`` saves it."""
-    from transformers import AutoConfig
-    from transformers.utils.peft_utils import find_adapter_config_file
-
-    adapter = find_adapter_config_file(model)
-    if adapter is not None:
-        with open(adapter, encoding="utf-8") as f:
-            return json.load(f).get("task_type") == "TOKEN_CLS"
-    architectures = AutoConfig.from_pretrained(model).architectures or []
-    return any(name.endswith("ForTokenClassification") for name in architectures)
+    implicit = {} if is_token_classifier(model) else {"reference": reference, "beta": beta}
+    return load_prm(model, batch_size=batch_size, device=device, **implicit)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -103,7 +86,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         validate_stepwise_dataset(evaluated, args.split or "the evaluated split")
         if dev is not None:
             validate_stepwise_dataset(dev, "the dev split")
-        scorer = load_prm(args.model, args.reference, args.beta, args.batch_size)
+        scorer = load_scorer(args.model, args.reference, args.beta, args.batch_size)
         result = evaluate_prm(scorer, evaluated, dev_dataset=dev, threshold=args.threshold)
     except (ValueError, OSError) as err:
         print(f"{PROG}: error: {err}", file=sys.stderr)
@@ -141,7 +124,7 @@ def score_main(argv: Sequence[str] | None = None) -> int:
         from .score_dataset import score_dataset
 
         dataset = _one_split(args)
-        scorer = load_prm(args.model, args.reference, args.beta, args.batch_size, device=PartialState().device)
+        scorer = load_scorer(args.model, args.reference, args.beta, args.batch_size, PartialState().device)
         score_dataset(scorer, dataset, args.output, args.candidates_column, args.chunk_size, not args.no_progress)
     except (ValueError, OSError) as err:
         print(f"{SCORE_PROG}: error: {err}", file=sys.stderr)

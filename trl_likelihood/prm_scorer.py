@@ -152,22 +152,25 @@ def _candidates(candidates: list[list[str]]) -> list[list[str]]:
 
 def load_prm(name_or_path: str | os.PathLike, **kwargs: Any) -> PRMScorer:
     """The scorer a saved PRM needs, so that code taking a path serves both kinds: ``StepwisePRM`` for a token
-    classifier (a ``TOKEN_CLS`` adapter, or an ``...ForTokenClassification`` architecture), else ``ImplicitPRM``.
-    ``kwargs`` go to that scorer's ``from_pretrained`` (e.g. ``reference=`` for an implicit PRM)."""
-    from transformers import AutoConfig
-    from transformers.utils.peft_utils import find_adapter_config_file
-
-    adapter = find_adapter_config_file(str(name_or_path))
-    if adapter is not None:
-        with open(adapter, encoding="utf-8") as f:
-            token_classifier = json.load(f).get("task_type") == "TOKEN_CLS"
-    else:
-        architectures = AutoConfig.from_pretrained(name_or_path).architectures or []
-        token_classifier = any(a.endswith("ForTokenClassification") for a in architectures)
-    if token_classifier:
+    classifier (``is_token_classifier``), else ``ImplicitPRM``. ``kwargs`` go to that scorer's ``from_pretrained``
+    (e.g. ``reference=`` for an implicit PRM)."""
+    if is_token_classifier(name_or_path):
         from .stepwise_prm import StepwisePRM
 
         return StepwisePRM.from_pretrained(name_or_path, **kwargs)
     from .scoring import ImplicitPRM
 
     return ImplicitPRM.from_pretrained(name_or_path, **kwargs)
+
+
+def is_token_classifier(name_or_path: str | os.PathLike) -> bool:
+    """Whether a saved model is an explicit PRM: a ``TOKEN_CLS`` adapter, or a ``...ForTokenClassification``."""
+    from transformers import AutoConfig
+    from transformers.utils.peft_utils import find_adapter_config_file
+
+    adapter = find_adapter_config_file(str(name_or_path))
+    if adapter is not None:
+        with open(adapter, encoding="utf-8") as f:
+            return json.load(f).get("task_type") == "TOKEN_CLS"
+    architectures = AutoConfig.from_pretrained(name_or_path).architectures or []
+    return any(a.endswith("ForTokenClassification") for a in architectures)
