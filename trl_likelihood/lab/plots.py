@@ -259,6 +259,9 @@ def plot_prm_comparison(runs: Sequence[Mapping[str, Mapping[str, float]]], path:
         for arm, key, name, color, style in flat:
             ax.axhline(mean_std(runs, arm, key)[0], color=color, linestyle=style, linewidth=1.2, label=name)
         ax.set_xscale("log")
+        budgets = sorted({b for arm in arms for b in budgets_of(runs[0], arm)})
+        ax.set_xticks(budgets, [f"{b / 1000:g}k" if b >= 1000 else str(b) for b in budgets])
+        ax.minorticks_off()
         ax.set_xlabel("labelled responses (budget)")
         ax.set_title(label, fontsize=9)
         ax.grid(alpha=0.3)
