@@ -237,6 +237,28 @@ def test_lora_freezes_the_base_and_trains_adapter_and_head(tiny_model_dir, tmp_p
     assert all(not torch.equal(after[n], before[n]) for n in trainable if "modules_to_save" in n)
 
 
+def test_qlora_from_model_init_kwargs_trains_adapter_and_head_on_a_4bit_base(tmp_path):
+    """QLoRA as the CLI's --load_in_4bit sets it up: the quantization config in ``model_init_kwargs``. Width 64:
+    bitsandbytes' CPU kernels want output dims divisible by 32."""
+    pytest.importorskip("bitsandbytes")
+    from transformers import BitsAndBytesConfig
+
+    from tests.tiny import build_tiny_model
+
+    path = build_tiny_model(str(tmp_path / "wide"), hidden_size=64)
+    quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.float32)
+    args = _args(tmp_path, max_steps=2, learning_rate=5e-2, model_init_kwargs={"quantization_config": quant})
+    trainer = StepwisePRMTrainer(path, args=args, train_dataset=_data(8), peft_config=LoraConfig(**LORA))
+    assert any("Linear4bit" in type(m).__name__ for m in trainer.model.modules())
+    before = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
+    trainer.train()
+    steps = [h for h in trainer.state.log_history if "loss" in h]
+    assert len(steps) == 2 and all(math.isfinite(h["loss"]) for h in steps)
+    moved = {n for n, p in trainer.model.named_parameters() if not torch.equal(p, before[n])}
+    assert moved and all("lora_" in n or "modules_to_save" in n for n in moved)
+    assert any("score.modules_to_save" in n for n in moved)
+
+
 def test_peft_task_type_other_than_token_cls_is_refused(tiny_model_dir, tmp_path):
     with pytest.raises(ValueError, match="task_type` must be 'TOKEN_CLS'"):
         StepwisePRMTrainer(

@@ -44,6 +44,7 @@ from transformers import (
 )
 
 from .. import _compat
+from ..methods import METHODS
 from ..metrics import binary_auroc
 from ..stepwise_data import validate_stepwise_dataset
 from ..stepwise_prm import stepwise_labels, tokenize_stepwise
@@ -148,7 +149,7 @@ def step_label_loss(
 
 def _tokenised(dataset: Dataset | None, tokenizer: Any, args: StepwisePRMConfig, where: str, is_eval: bool):
     """The dataset tokenised as ``tokenize_stepwise`` and stripped of the rows truncation left unlabelled. Rows
-already tokenised (``input_ids`` and ``labels``, as TRL's ``PRMTrainer`` accepted) are taken as they are."""
+    already tokenised (``input_ids`` and ``labels``, as TRL's ``PRMTrainer`` accepted) are taken as they are."""
     if dataset is None:
         return None
 
@@ -206,12 +207,30 @@ class _TokenisedStepwiseData:
         super().__init__(*args, **kwargs)
 
 
+def _head_not_quantized(quantization_config: Any) -> Any:
+    """A copy of a bitsandbytes config that keeps the classifier head (``score``, or ``classifier``) in full precision:
+    it is trained in full (``modules_to_save``), and transformers 5 only spares the module of the model's last
+    parameter, which misses a head whose last parameter is its bias (a 4-bit head then fails in PEFT's copy of it)."""
+    heads = ["score", "classifier"]
+    if isinstance(quantization_config, dict):
+        skip = quantization_config.get("llm_int8_skip_modules") or []
+        return {**quantization_config, "llm_int8_skip_modules": list(dict.fromkeys([*skip, *heads]))}
+    if not hasattr(quantization_config, "llm_int8_skip_modules"):
+        return quantization_config  # another quantizer: left as given
+    quantization_config = copy.deepcopy(quantization_config)
+    skip = quantization_config.llm_int8_skip_modules or []
+    quantization_config.llm_int8_skip_modules = list(dict.fromkeys([*skip, *heads]))
+    return quantization_config
+
+
 def _classifier(model: Any, args: StepwisePRMConfig) -> torch.nn.Module:
     """A 2-label token classifier (``1 = correct``): loaded from a path with ``model_init_kwargs``, or checked."""
     if isinstance(model, str):
         set_seed(args.seed)  # the new head `score` is drawn from the run's seed, as TRL's RewardTrainer does
         init = {"trust_remote_code": args.trust_remote_code, **(args.model_init_kwargs or {})}
         init |= {"num_labels": 2, "id2label": LABELS, "label2id": {v: k for k, v in LABELS.items()}}
+        if init.get("quantization_config") is not None:
+            init["quantization_config"] = _head_not_quantized(init["quantization_config"])
         return _compat.create_model_from_path(model, AutoModelForTokenClassification, **init)
     if args.model_init_kwargs:
         raise ValueError("`model_init_kwargs` only apply to a model given by path; this one is already built.")
@@ -264,7 +283,7 @@ class StepwisePRMTrainer(CardMixin, _TokenisedStepwiseData, Trainer):
         "id": "2211.14275",
         "citation": STEPWISE_PRM_CITATION,
     }
-    _card_template = "stepwise_prm.md"
+    _card_template = METHODS["stepwise-prm"].card_template
     _card_pipeline_tag = "token-classification"
     loss_is_scaled_for_ga = True  # step_label_loss divides by the labelled steps of the whole accumulated batch
 
