@@ -44,7 +44,6 @@ from transformers import (
 )
 
 from .. import _compat
-from ..methods import METHODS
 from ..metrics import binary_auroc
 from ..stepwise_data import validate_stepwise_dataset
 from ..stepwise_prm import stepwise_labels, tokenize_stepwise
@@ -283,7 +282,7 @@ class StepwisePRMTrainer(CardMixin, _TokenisedStepwiseData, Trainer):
         "id": "2211.14275",
         "citation": STEPWISE_PRM_CITATION,
     }
-    _card_template = METHODS["stepwise-prm"].card_template
+    _card_template = "stepwise_prm.md"
     _card_pipeline_tag = "token-classification"
     loss_is_scaled_for_ga = True  # step_label_loss divides by the labelled steps of the whole accumulated batch
 
