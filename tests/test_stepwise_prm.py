@@ -10,16 +10,19 @@ import math
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
 import yaml
 from datasets import Dataset
+from huggingface_hub import ModelCard
 from peft import LoraConfig
 from transformers import AutoModelForCausalLM, AutoModelForTokenClassification, AutoTokenizer
 
 from tests.conftest import cpu_args
+from tests.test_cards import run_quick_start
 from trl_likelihood import ImplicitPRM, StepScores, StepwisePRM, StepwisePRMConfig, StepwisePRMTrainer, cli, load_prm
 from trl_likelihood.metrics import binary_auroc
 from trl_likelihood.prm_scorer import sigmoid
@@ -312,6 +315,10 @@ def test_saved_model_reloads_and_scores_the_trained_positions(tiny_model_dir, to
     card = open(out / "README.md").read()
     assert "stepwise-prm" in card and "process reward model" in card and '| `step_separator` | `" ;"` |' in card
     assert ("adapter_config.json" in os.listdir(out)) == peft
+    meta = ModelCard.load(out / "README.md").data
+    assert meta.pipeline_tag == "token-classification" and meta.library_name == ("peft" if peft else "transformers")
+    quick = run_quick_start(ModelCard.load(out / "README.md"), repo_id=Path(trainer.args.output_dir).name, folder=out)
+    assert len(quick["result"].step_rewards) == 3 and quick["best"] in (0, 1)  # the card's snippet runs as written
     prm = StepwisePRM.from_pretrained(str(out))
     assert isinstance(load_prm(str(out)), StepwisePRM)  # told apart from an implicit PRM by its saved config
     assert prm.step_separator == " ;"  # read back from method_settings.json
