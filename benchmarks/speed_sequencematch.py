@@ -6,7 +6,9 @@
 
 Arms (all on the same ``text`` rows, truncated to exactly ``--seq_len`` tokens, read in the same order):
 
-- ``SFT``: TRL's ``SFTTrainer``, the baseline, trained for ``--run_steps`` steps (the whole run).
+Every arm trains ``--run_steps`` steps (default 100); per-step medians are over the steps after ``--warmup``.
+
+- ``SFT``: TRL's ``SFTTrainer``, the baseline.
 - ``BC``: ``SequenceMatchTrainer`` with ``sm_weight=0``: MLE on noise-augmented trajectories (``--noise_prob``), all
   decision states from one forward pass with a 4-D attention mask (``states.states_batch``): the cost of the
   ``<bkspc>`` machinery alone, against ``SFT``.
@@ -15,8 +17,8 @@ Arms (all on the same ``text`` rows, truncated to exactly ``--seq_len`` tokens, 
   step without the SequenceMatch terms, so ``SM / BC8`` is the cost of the loss itself.
 - ``SM``: ``sm_weight=0.5`` with ``--rollouts_per_step`` replay-buffer rollouts per step in the same forward pass,
   the buffer refilled with ``--rollouts_per_refresh`` rollouts (of up to ``seq_len / 2`` actions) every
-  ``--refresh_steps`` steps by ``sample_with_backspace``; trained for ``--run_steps`` steps. Its median step leaves
-  the refreshing steps out (they are reported apart); its whole run counts every step, refreshes included.
+  ``--refresh_steps`` steps by ``sample_with_backspace``. Its median step (and ``BC8``'s) leaves the refreshing steps
+  out (they are reported apart); its whole run counts every step, refreshes included.
 
 Ratios: ``SM / BC8`` per step, ``BC / SFT`` per step, and the whole run, ``SM`` over ``SFT``: the sum of every step's
 time over ``--run_steps`` steps (no warmup left out), wall and process CPU time. Method as
@@ -37,7 +39,6 @@ import speed_harness as harness
 harness.pin_speed_env()
 
 ARMS = ("SFT", "BC", "BC8", "SM")
-WHOLE_RUN = ("SFT", "SM")  # trained for --run_steps steps
 
 
 def _bc_on_sm_batches(base: type) -> type:
@@ -60,8 +61,7 @@ def run_arm(arm: str, model: str, opts: dict[str, Any]) -> dict[str, Any]:
 
     from trl_likelihood import SequenceMatchConfig, SequenceMatchTrainer
 
-    if arm in WHOLE_RUN:
-        opts = {**opts, "steps": opts["run_steps"] - opts["warmup"]}
+    opts = {**opts, "steps": opts["run_steps"] - opts["warmup"]}  # every arm: the same steps, the same load windows
     harness.start_run(opts)
     num_steps = harness.total_steps(opts)
     dataset = datasets.Dataset.from_dict({"text": harness.documents(num_steps * opts["batch_size"], opts["seq_len"])})
@@ -121,7 +121,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--rollouts_per_step", type=int, default=4)
     parser.add_argument("--rollouts_per_refresh", type=int, default=16)
     parser.add_argument("--refresh_steps", type=int, default=5)
-    parser.add_argument("--run_steps", type=int, default=100, help="Steps of the whole SFT and SM runs.")
+    parser.add_argument("--run_steps", type=int, default=100, help="Steps of every arm's run (--steps is unused).")
     parser.add_argument("--output_json", default=None, help="Write the settings, every run and the summary here.")
     args = harness.check_speed_args(parser, parser.parse_args(argv), positive=("run_steps",))
     if args.run_steps <= args.warmup:
@@ -141,8 +141,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         f"threads={runs[0]['torch_threads']} "
         f"batch={args.batch_size} seq_len={args.seq_len} noise_prob={args.noise_prob} "
         f"rollouts/step={args.rollouts_per_step} rollouts/refresh={args.rollouts_per_refresh} "
-        f"(of up to {args.seq_len // 2} actions) every {args.refresh_steps} steps; per-step arms {args.steps} steps "
-        f"(+{args.warmup} warmup), whole runs {args.run_steps} steps; repeats={args.repeats}",
+        f"(of up to {args.seq_len // 2} actions) every {args.refresh_steps} steps; {args.run_steps} steps per arm "
+        f"(medians after {args.warmup} warmup steps); repeats={args.repeats}",
         f"memory: {runs[0]['memory_method']}",
         harness.markdown_table(summary, cpu_time=args.device == "cpu", arms=ARMS, baseline="SFT"),
         "",
