@@ -29,6 +29,7 @@ from trl_likelihood import (
     SequenceMatchTrainer,
 )
 from trl_likelihood.data import validate_sft_dataset
+from trl_likelihood.methods import METHODS
 from trl_likelihood.prm_data import prepare_prm_dataset
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -110,7 +111,7 @@ CASES: dict[str, Case] = {
         config_class=MixCEConfig,
         trainer_class=MixCETrainer,
         dataset=prompt_completion_rows,
-        script=os.path.join(REPO, "trainers", "mixce.py"),
+        script=os.path.join(REPO, METHODS["mixce"].script),
         config={"eta": 0.3},
         accumulation={"eta": 0.0},  # DFT, completion-only: test_mixce_trainer covers eta=0.3 on plain text
         distributed={"max_length": None, "completion_only_loss": True},
@@ -122,7 +123,7 @@ CASES: dict[str, Case] = {
         config_class=ImplicitPRMConfig,
         trainer_class=ImplicitPRMTrainer,
         dataset=prm_rows,
-        script=os.path.join(REPO, "trainers", "implicit_prm.py"),
+        script=os.path.join(REPO, METHODS["implicit-prm"].script),
         config={"beta": 0.5, "stepwise": False},  # "completions"/"labels": a group of responses
         resume={"precompute_ref_log_probs": True},
         accumulation={"loss_type": "dpo"},  # test_implicit_prm_trainer covers ce
@@ -136,7 +137,7 @@ CASES: dict[str, Case] = {
         config_class=DDOConfig,
         trainer_class=DDOTrainer,
         dataset=prompt_completion_rows,
-        script=os.path.join(REPO, "trainers", "ddo.py"),
+        script=os.path.join(REPO, METHODS["ddo"].script),
         config={"beta": 0.5, "max_new_tokens": 8},
         # Checkpoint in round 1, resume crosses into round 2 (test_ddo_trainer resumes inside round 2).
         resume={"num_rounds": 2},
@@ -152,7 +153,7 @@ CASES: dict[str, Case] = {
         config_class=SequenceMatchConfig,
         trainer_class=SequenceMatchTrainer,
         dataset=prompt_completion_rows,
-        script=os.path.join(REPO, "trainers", "sequencematch.py"),
+        script=os.path.join(REPO, METHODS["sequencematch"].script),
         config={"noise_prob": 0.3, "rollouts_per_refresh": 4, "rollout_max_new_tokens": 8, "replay_refresh_steps": 2},
         # A row's noise is seeded by its tokens, not its micro-batch: with noise on, only rollouts (drawn per
         # micro-batch and rank) make split runs differ, so those are off here.

@@ -22,7 +22,8 @@ from peft import LoraConfig
 from tests.helpers import LORA
 from tests.reliability import CASES, REPO
 from tests.test_push import CHECKPOINT_PUSH, FAKE_TOKEN, fake_hub  # noqa: F401  (the fixture)
-from trl_likelihood.cli import METHODS, make_parser, model_init_kwargs
+from trl_likelihood.cli import make_parser, model_init_kwargs
+from trl_likelihood.methods import METHODS
 
 ENV_SECRETS = {"HF_TOKEN": "hf_FakeEnvTokenDoNotUse987654321", "MY_SERVICE_API_KEY": "sk-FakeEnvSecretDoNotUse42"}
 # A token given the natural way to load a gated model (or a `ref_model` by id): in the model's init keywords.

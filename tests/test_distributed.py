@@ -26,7 +26,7 @@ from safetensors.torch import load_file
 
 from tests.conftest import cpu_args
 from tests.tiny import CORPUS
-from trl_likelihood.entry import cpu_recipe
+from trl_likelihood.methods import cpu_recipe
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(REPO, "trainers", "mixce.py")

@@ -7,7 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from trl_likelihood.entry import CPU_RECIPE, cpu_recipe, top_parser
+from trl_likelihood.entry import top_parser
+from trl_likelihood.methods import CPU_RECIPE, cpu_recipe
 
 REPO = Path(__file__).resolve().parent.parent
 

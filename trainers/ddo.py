@@ -22,7 +22,8 @@ the adapter disabled, and later rounds keep a snapshot of the adapter: one model
 
 import sys
 
-from trl_likelihood.cli import main
+from trl_likelihood.entry import main
+from trl_likelihood.methods import method_of_script
 
 if __name__ == "__main__":
-    sys.exit(main(["ddo", *sys.argv[1:]]))
+    sys.exit(main([method_of_script(__file__), *sys.argv[1:]]))

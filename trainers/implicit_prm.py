@@ -22,7 +22,8 @@ rejected`` (pairs). With ``--use_peft`` the reference is the base model with the
 
 import sys
 
-from trl_likelihood.cli import main
+from trl_likelihood.entry import main
+from trl_likelihood.methods import method_of_script
 
 if __name__ == "__main__":
-    sys.exit(main(["implicit-prm", *sys.argv[1:]]))
+    sys.exit(main([method_of_script(__file__), *sys.argv[1:]]))

@@ -39,7 +39,8 @@ accelerate launch --multi_gpu --num_processes 2 --mixed_precision no trainers/mi
 
 import sys
 
-from trl_likelihood.cli import main
+from trl_likelihood.entry import main
+from trl_likelihood.methods import method_of_script
 
 if __name__ == "__main__":
-    sys.exit(main(["mixce", *sys.argv[1:]]))
+    sys.exit(main([method_of_script(__file__), *sys.argv[1:]]))

@@ -23,7 +23,8 @@ Rollouts for the replay buffer are sampled from the training prompts with the cu
 
 import sys
 
-from trl_likelihood.cli import main
+from trl_likelihood.entry import main
+from trl_likelihood.methods import method_of_script
 
 if __name__ == "__main__":
-    sys.exit(main(["sequencematch", *sys.argv[1:]]))
+    sys.exit(main([method_of_script(__file__), *sys.argv[1:]]))

@@ -25,7 +25,8 @@ add ``--load_in_4bit``. Score with ``trl_likelihood.StepwisePRM.from_pretrained(
 
 import sys
 
-from trl_likelihood.cli import main
+from trl_likelihood.entry import main
+from trl_likelihood.methods import method_of_script
 
 if __name__ == "__main__":
-    sys.exit(main(["stepwise-prm", *sys.argv[1:]]))
+    sys.exit(main([method_of_script(__file__), *sys.argv[1:]]))

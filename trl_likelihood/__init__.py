@@ -8,19 +8,12 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from .methods import METHODS
+
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "DDOConfig": ".trainers",
-    "DDOTrainer": ".trainers",
-    "ImplicitPRMConfig": ".trainers",
-    "ImplicitPRMTrainer": ".trainers",
-    "MixCEConfig": ".trainers",
-    "MixCETrainer": ".trainers",
-    "SequenceMatchConfig": ".trainers",
-    "SequenceMatchTrainer": ".trainers",
-    "StepwisePRMConfig": ".trainers",
-    "StepwisePRMTrainer": ".trainers",
+    **{name: ".trainers" for method in METHODS.values() for name in (method.config, method.trainer)},
     "ImplicitPRM": ".scoring",
     "LikelihoodDiagnosticsCallback": ".diagnostics",
     "likelihood_ratio_score": ".scoring",

@@ -9,7 +9,7 @@ it trains in the calling process; for several processes launch it through accele
     accelerate launch --num_processes 2 -m trl_likelihood.cli mixce --config cfg.yaml
     accelerate launch trainers/mixce.py --config cfg.yaml          # from a source checkout
 
-On a machine without GPUs, two processes over gloo (``entry.CPU_RECIPE``; ``tests/test_distributed.py`` runs it)::
+On a machine without GPUs, two processes over gloo (``methods.CPU_RECIPE``; ``tests/test_distributed.py`` runs it)::
 
     accelerate launch --multi_gpu --num_processes 2 --mixed_precision no \
         trainers/mixce.py --config mixce.yaml --use_cpu
@@ -17,7 +17,7 @@ On a machine without GPUs, two processes over gloo (``entry.CPU_RECIPE``; ``test
 Without ``--multi_gpu`` accelerate silently starts a single process; ``--use_cpu`` goes to the script, since
 accelerate's own ``--cpu`` also starts a single process.
 
-A new method is one entry in ``METHODS``: its config class, its trainer class and a line of help.
+A new method is one row of ``methods.METHODS``.
 """
 
 from __future__ import annotations
@@ -31,8 +31,8 @@ import os
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, fields
-from typing import Any
+from dataclasses import fields
+from typing import TYPE_CHECKING, Any
 
 from accelerate import PartialState
 from accelerate.logging import get_logger
@@ -48,51 +48,13 @@ from trl import (
 )
 
 from .data import hub_dataset_id, load_training_dataset
-from .entry import METHOD_HELP, PROG
-from .entry import main as entry_main
-from .trainers import (
-    DDOConfig,
-    DDOTrainer,
-    ImplicitPRMConfig,
-    ImplicitPRMTrainer,
-    MixCEConfig,
-    MixCETrainer,
-    SequenceMatchConfig,
-    SequenceMatchTrainer,
-    StepwisePRMConfig,
-    StepwisePRMTrainer,
-)
+from .methods import METHODS, PROG
 from .trainers.base import check_model_path
 
+if TYPE_CHECKING:
+    from .trainers import MixCEConfig, MixCETrainer
+
 logger = get_logger(__name__)
-
-
-@dataclass(frozen=True)
-class Method:
-    """One ``trl-likelihood <name>`` subcommand.
-
-    The trainer must accept TRL's keywords ``model`` (a path or Hub id), ``args``, ``train_dataset``,
-    ``eval_dataset`` and ``peft_config``; quantization reaches it through ``args.model_init_kwargs``, which every
-    TRL config has, so no trainer needs a ``quantization_config`` argument.
-    """
-
-    config_class: type
-    trainer_class: type
-    help: str
-    replaces: str  # the `trl` subcommand whose data and flags this method takes, shown in --help
-
-
-_CLASSES = {
-    "mixce": (MixCEConfig, MixCETrainer),
-    "implicit-prm": (ImplicitPRMConfig, ImplicitPRMTrainer),
-    "ddo": (DDOConfig, DDOTrainer),
-    "sequencematch": (SequenceMatchConfig, SequenceMatchTrainer),
-    "stepwise-prm": (StepwisePRMConfig, StepwisePRMTrainer),
-}
-METHODS: dict[str, Method] = {
-    name: Method(config_class=config, trainer_class=trainer, help=METHOD_HELP[name][0], replaces=METHOD_HELP[name][1])
-    for name, (config, trainer) in _CLASSES.items()
-}
 
 
 def make_parser(method: str = "mixce", prog: str | None = None) -> TrlParser:
@@ -356,6 +318,8 @@ def _fail(prog: str, err: BaseException) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``trl-likelihood`` (``entry.main``): help and dispatch; returns the exit status."""
+    from .entry import main as entry_main  # deferred: entry dispatches to this module
+
     return entry_main(argv)
 
 

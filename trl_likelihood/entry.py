@@ -10,51 +10,7 @@ import sys
 from collections.abc import Sequence
 
 from . import __version__
-
-PROG = "trl-likelihood"
-
-# The one recipe for several processes on a CPU-only machine, word for word in the README, in --help, in cli.py's
-# docstring and in each trainers/<script>.py (tests/test_entry.py), and run as written by tests/test_distributed.py.
-# --multi_gpu: without it accelerate starts a single process; --use_cpu goes to the script (accelerate's own --cpu
-# also starts one process); the ranks then talk over gloo.
-CPU_RECIPE = (
-    "accelerate launch --multi_gpu --num_processes 2 --mixed_precision no trainers/{script}.py --config {script}.yaml "
-    "--use_cpu"
-)
-
-
-def cpu_recipe(script: str = "mixce") -> str:
-    """``CPU_RECIPE`` for ``trainers/<script>.py`` (``implicit_prm``, not ``implicit-prm``)."""
-    return CPU_RECIPE.format(script=script)
-
-
-# name -> (one line of help, the `trl` subcommand whose data and flags it takes). The classes are in cli.METHODS.
-METHOD_HELP: dict[str, tuple[str, str]] = {
-    "mixce": (
-        "MixCE: forward + self-reinforced reverse cross-entropy (--eta); language-modeling or prompt-completion data.",
-        "sft",
-    ),
-    "implicit-prm": (
-        "Implicit PRM: outcome reward beta*log(pi/pi_ref) on correct/incorrect labels, step rewards for free "
-        "(--beta, --loss_type ce|dpo); prompt+completion+label or prompt+chosen+rejected data.",
-        "kto",
-    ),
-    "ddo": (
-        "DDO: the likelihood ratio to a frozen reference as a GAN discriminator, real data vs reference samples, "
-        "self-play rounds (--alpha, --beta, --num_rounds); language-modeling or prompt-completion data.",
-        "sft",
-    ),
-    "sequencematch": (
-        "SequenceMatch: a <bkspc> action, logits as soft Q-values, chi^2-mixture occupancy matching on data and "
-        "on-policy rollouts (--noise_prob, --chi2_coef, --sm_weight); language-modeling or prompt-completion data.",
-        "sft",
-    ),
-    "stepwise-prm": (
-        "Stepwise (explicit) PRM: a token classifier predicting each step's label at the step's last token, as TRL's "
-        "former PRMTrainer (--step_separator, --train_on_last_step_only); prompt+completions+labels stepwise data.",
-        "reward",
-    ),
-}
+from .methods import METHODS, PROG, cpu_recipe
 
 
 def top_parser() -> argparse.ArgumentParser:
@@ -88,9 +44,9 @@ def top_parser() -> argparse.ArgumentParser:
         "across processes under accelerate launch).",
         add_help=False,
     )
-    for name, (text, replaces) in METHOD_HELP.items():
+    for method in METHODS.values():
         # add_help=False: the method's own TrlParser answers `METHOD --help` with the full list of flags.
-        subparsers.add_parser(name, help=f"{text} Replaces 'trl {replaces}'.", add_help=False)
+        subparsers.add_parser(method.name, help=f"{method.help} Replaces 'trl {method.replaces}'.", add_help=False)
     return parser
 
 
@@ -109,7 +65,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         from .prm_cli import score_main
 
         return score_main(argv[1:])
-    if argv and argv[0] in METHOD_HELP:
+    if argv and argv[0] in METHODS:
         from .cli import run_method
 
         return run_method(argv[0], argv[1:])

@@ -49,6 +49,7 @@ from ..cards import CardInfo
 from ..data import checked_sft_datasets
 from ..generation import append_completions, sample_completions, sampling_seed
 from ..losses import IGNORE_INDEX, ddo_loss
+from ..methods import METHODS
 from ..ratio import adapter_disabled, build_reference, token_logps, trainable_snapshot, unwrap_ddp, weights_swapped
 from .base import (
     CardMixin,
@@ -185,7 +186,7 @@ class DDOTrainer(CheckpointedMethodState, CardMixin, LossOnlyEvaluation, SFTTrai
     _name = "DDO"
     _tag_names = ["trl", "trl-likelihood", "ddo"]
     _paper = {"title": "Direct Discriminative Optimization", "id": "2503.01103", "citation": DDO_CITATION}
-    _card_template = "ddo.md"
+    _card_template = METHODS["ddo"].card_template
     loss_is_scaled_for_ga = False  # two per-sequence means, like DPO: the Trainer divides by the accumulation steps
 
     def __init__(

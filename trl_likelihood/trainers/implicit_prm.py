@@ -30,6 +30,7 @@ from trl import SFTConfig, SFTTrainer
 from .. import _compat
 from ..cards import CardInfo
 from ..losses import implicit_prm_dpo_loss, implicit_prm_loss
+from ..methods import METHODS
 from ..metrics import binary_auroc
 from ..prm_data import LABEL_COLUMN, prepare_prm_dataset
 from ..ratio import Reference, build_reference, token_logps
@@ -146,7 +147,7 @@ class ImplicitPRMTrainer(CardMixin, LossOnlyEvaluation, SFTTrainer):
         "id": "2412.01981",
         "citation": IMPLICIT_PRM_CITATION,
     }
-    _card_template = "implicit_prm.md"
+    _card_template = METHODS["implicit-prm"].card_template
     _card_pipeline_tag = None  # a scorer, not a generator
     loss_is_scaled_for_ga = False  # a per-sequence mean, like DPO: the Trainer divides by the accumulation steps
 

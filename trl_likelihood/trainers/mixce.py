@@ -29,6 +29,7 @@ from trl import SFTConfig, SFTTrainer
 from .. import _compat
 from ..data import checked_sft_datasets
 from ..losses import mixce_token_loss
+from ..methods import METHODS
 from .base import CardMixin, check_config_fields, check_sft_loss_fields, resolve_args
 
 MIXCE_CITATION = """\
@@ -75,7 +76,7 @@ class MixCETrainer(CardMixin, SFTTrainer):
     _name = "MixCE"
     _tag_names = ["trl", "trl-likelihood", "mixce"]
     _paper = {"title": "MixCE", "id": "2305.16958", "citation": MIXCE_CITATION}
-    _card_template = "mixce.md"
+    _card_template = METHODS["mixce"].card_template
 
     def __init__(self, model: Any, args: MixCEConfig | None = None, train_dataset=None, eval_dataset=None, **kwargs):
         args = resolve_args("MixCETrainer", model, args, MixCEConfig, kwargs)

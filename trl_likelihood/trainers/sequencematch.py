@@ -62,6 +62,7 @@ from ..cards import CardInfo
 from ..data import checked_sft_datasets
 from ..generation import sample_with_backspace, sampling_seed
 from ..losses import IGNORE_INDEX, action_nll, sequence_nll, sequencematch_loss
+from ..methods import METHODS
 from ..states import state_logits, states_batch
 from .base import (
     CardMixin,
@@ -198,7 +199,7 @@ class SequenceMatchTrainer(CheckpointedMethodState, DeviceMetrics, CardMixin, Lo
     _name = "SequenceMatch"
     _tag_names = ["trl", "trl-likelihood", "sequencematch"]
     _paper = {"title": "SequenceMatch", "id": "2306.05426", "citation": SEQUENCEMATCH_CITATION}
-    _card_template = "sequencematch.md"
+    _card_template = METHODS["sequencematch"].card_template
     _metric_prefix = "sequencematch"
     loss_is_scaled_for_ga = False  # per-trajectory means: the Trainer divides by the accumulation steps
 
