@@ -292,6 +292,21 @@ def test_bad_stepwise_data_is_refused_before_training(tiny_model_dir, tmp_path, 
         StepwisePRMTrainer(tiny_model_dir, args=_args(tmp_path), train_dataset=Dataset.from_list(rows))
 
 
+def test_streamed_data_trains_and_names_a_bad_row_when_read(tiny_model_dir, tmp_path):
+    """A stream cannot be checked whole before training: each row is checked as it is tokenised."""
+    trainer = StepwisePRMTrainer(
+        tiny_model_dir, args=_args(tmp_path, max_steps=2), train_dataset=_data(8).to_iterable_dataset()
+    )
+    trainer.train()
+    assert trainer.state.global_step == 2
+    rows = [{**r, "labels": [int(x) for x in r["labels"]]} for r in _data(8).to_list()]
+    rows[5]["labels"][0] = 3
+    stream = Dataset.from_list(rows).to_iterable_dataset()
+    bad = StepwisePRMTrainer(tiny_model_dir, args=_args(tmp_path, "bad", max_steps=2), train_dataset=stream)
+    with pytest.raises(ValueError, match=r"train_dataset: column 'labels', row 5, step 0: expected a boolean or 0/1"):
+        bad.train()
+
+
 def test_config_defaults_and_checks(tmp_path):
     args = StepwisePRMConfig(str(tmp_path), use_cpu=True)
     assert (args.step_separator, args.logging_steps, args.learning_rate, args.bf16) == ("\n", 10, 1e-5, True)

@@ -33,7 +33,7 @@ from typing import Any
 
 import torch
 from accelerate import PartialState
-from datasets import Dataset, Features, Sequence, Value
+from datasets import Dataset, Features, IterableDataset, Sequence, Value
 from transformers import (
     AutoModelForTokenClassification,
     AutoTokenizer,
@@ -45,7 +45,7 @@ from transformers import (
 
 from .. import _compat
 from ..metrics import binary_auroc
-from ..stepwise_data import validate_stepwise_dataset
+from ..stepwise_data import STEPWISE_COLUMNS, check_stepwise_row, validate_stepwise_dataset
 from ..stepwise_prm import stepwise_labels, tokenize_stepwise
 from .base import CardMixin, check_config_fields, resolve_args
 
@@ -148,11 +148,15 @@ def step_label_loss(
 
 def _tokenised(dataset: Dataset | None, tokenizer: Any, args: StepwisePRMConfig, where: str, is_eval: bool):
     """The dataset tokenised as ``tokenize_stepwise`` and stripped of the rows truncation left unlabelled. Rows
-    already tokenised (``input_ids`` and ``labels``, as TRL's ``PRMTrainer`` accepted) are taken as they are."""
+    already tokenised (``input_ids`` and ``labels``, as TRL's ``PRMTrainer`` accepted) are taken as they are. A
+    streamed dataset is tokenised as it is read, and each row checked then (its error names the row)."""
     if dataset is None:
         return None
+    streamed = isinstance(dataset, IterableDataset)
 
-    def tokenize(row: dict[str, Any]) -> dict[str, list[int]]:
+    def tokenize(row: dict[str, Any], index: int) -> dict[str, list[int]]:
+        if streamed:  # a map-style dataset was checked whole, before the model was loaded
+            check_stepwise_row(row, index, where)
         tokens = tokenize_stepwise(
             tokenizer,
             row["prompt"],
@@ -165,18 +169,18 @@ def _tokenised(dataset: Dataset | None, tokenizer: Any, args: StepwisePRMConfig,
         last_only = args.train_on_last_step_only and not is_eval
         return {"input_ids": tokens.input_ids, "labels": stepwise_labels(tokens, row["labels"], last_only)}
 
+    map_kwargs = {} if streamed else {"num_proc": args.dataset_num_proc, "desc": f"Tokenizing {where}"}
+    filter_kwargs = {} if streamed else {"num_proc": args.dataset_num_proc}
     with PartialState().main_process_first():
         if not is_tokenised(dataset):
             dataset = dataset.map(
                 tokenize,
-                num_proc=args.dataset_num_proc,
-                remove_columns=dataset.column_names,
+                with_indices=True,
+                remove_columns=dataset.column_names or list(STEPWISE_COLUMNS),
                 features=Features({"input_ids": Sequence(Value("int64")), "labels": Sequence(Value("int64"))}),
-                desc=f"Tokenizing {where}",
+                **map_kwargs,
             )
-        return dataset.filter(
-            lambda row: any(label != -100 for label in row["labels"]), num_proc=args.dataset_num_proc
-        )
+        return dataset.filter(lambda row: any(label != -100 for label in row["labels"]), **filter_kwargs)
 
 
 def is_tokenised(dataset: Any) -> bool:
@@ -300,7 +304,7 @@ class StepwisePRMTrainer(CardMixin, _TokenisedStepwiseData, Trainer):
         evals = eval_dataset if isinstance(eval_dataset, dict) else {None: eval_dataset}
         splits = {"train_dataset": train_dataset, **{_eval_name(k): v for k, v in evals.items()}}
         for where, dataset in splits.items():  # bad rows are named before a model is loaded
-            if dataset is not None and not is_tokenised(dataset):
+            if dataset is not None and not is_tokenised(dataset) and not isinstance(dataset, IterableDataset):
                 validate_stepwise_dataset(dataset, where)
         model = _classifier(model, args)
         if processing_class is None:
