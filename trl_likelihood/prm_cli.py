@@ -27,19 +27,25 @@ PROG = "trl-likelihood evaluate-prm"
 SCORE_PROG = "trl-likelihood score"
 
 
-def make_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[1])
+def _prm_and_data_parser(prog: str, description: str, data: str) -> argparse.ArgumentParser:
+    """The flags both commands take: the PRM, its scoring settings and the dataset."""
+    parser = argparse.ArgumentParser(prog=prog, description=description)
     parser.add_argument("--model", required=True, help="The trained PRM: a local folder or Hub id (adapter or model).")
     parser.add_argument("--reference", default="base", help="The implicit PRM's reference (default: the base).")
-    parser.add_argument("--dataset_name", required=True, help="Stepwise data: a Hub id or a local json/jsonl/parquet.")
+    parser.add_argument("--beta", type=float, default=None, help="Implicit PRM: default the trained beta.")
+    parser.add_argument("--batch_size", type=int, default=8, help="Responses per forward.")
+    parser.add_argument("--dataset_name", required=True, help=f"{data}: a Hub id or a local json/jsonl/parquet.")
     parser.add_argument("--dataset_config", default=None, help="The dataset's configuration name.")
+    return parser
+
+
+def make_parser() -> argparse.ArgumentParser:
+    parser = _prm_and_data_parser(PROG, __doc__.split("\n\n")[1], "Stepwise data")
     parser.add_argument("--split", default=None, help="Split to evaluate (default: 'test' if any, else the only one).")
     held_out = parser.add_mutually_exclusive_group(required=True)
     held_out.add_argument("--dev_split", help="Split on which the threshold is picked.")
     held_out.add_argument("--dev_fraction", type=float, help="Share of --split held out (seed 0) to pick it on.")
     held_out.add_argument("--threshold", type=float, help="A step scored below it is wrong (no dev split).")
-    parser.add_argument("--beta", type=float, default=None, help="Implicit PRM: default the trained beta.")
-    parser.add_argument("--batch_size", type=int, default=8, help="Responses per forward.")
     parser.add_argument("--output", default=None, help="Also write the scores to this JSON file.")
     return parser
 
@@ -100,16 +106,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def make_score_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=SCORE_PROG, description=__doc__.split("\n\n")[3])
-    parser.add_argument("--model", required=True, help="The trained PRM: a local folder or Hub id (adapter or model).")
-    parser.add_argument("--reference", default="base", help="The implicit PRM's reference (default: the base).")
-    parser.add_argument("--dataset_name", required=True, help="Rows of prompt + candidates: a Hub id or local file.")
-    parser.add_argument("--dataset_config", default=None, help="The dataset's configuration name.")
+    parser = _prm_and_data_parser(SCORE_PROG, __doc__.split("\n\n")[3], "Rows of prompt + candidates")
     parser.add_argument("--split", default=None, help="Split to score (default: the only one, else 'test').")
     parser.add_argument("--output", required=True, help="Where the scores go: a .jsonl or .parquet file.")
     parser.add_argument("--candidates_column", default="completions", help="The column of the N candidates.")
-    parser.add_argument("--beta", type=float, default=None, help="Implicit PRM: default the trained beta.")
-    parser.add_argument("--batch_size", type=int, default=8, help="Responses per forward.")
     parser.add_argument("--chunk_size", type=int, default=256, help="Rows written at a time (what a crash loses).")
     parser.add_argument("--no_progress", action="store_true", help="No progress bar.")
     return parser
