@@ -44,6 +44,7 @@ from transformers import (
 )
 
 from .. import _compat
+from ..methods import METHODS
 from ..metrics import binary_auroc
 from ..stepwise_data import STEPWISE_COLUMNS, check_stepwise_row, validate_stepwise_dataset
 from ..stepwise_prm import stepwise_labels, tokenize_stepwise
@@ -286,7 +287,7 @@ class StepwisePRMTrainer(CardMixin, _TokenisedStepwiseData, Trainer):
         "id": "2211.14275",
         "citation": STEPWISE_PRM_CITATION,
     }
-    _card_template = "stepwise_prm.md"
+    _card_template = METHODS["stepwise-prm"].card_template
     _card_pipeline_tag = "token-classification"
     loss_is_scaled_for_ga = True  # step_label_loss divides by the labelled steps of the whole accumulated batch
 
