@@ -24,9 +24,9 @@ from transformers import AutoModelForCausalLM, AutoModelForTokenClassification, 
 from tests.conftest import cpu_args
 from tests.test_cards import run_quick_start
 from trl_likelihood import ImplicitPRM, StepScores, StepwisePRM, StepwisePRMConfig, StepwisePRMTrainer, cli, load_prm
+from trl_likelihood.losses import stepwise_prm_loss
 from trl_likelihood.metrics import binary_auroc
 from trl_likelihood.prm_scorer import sigmoid
-from trl_likelihood.trainers.stepwise_prm import step_label_loss
 
 # Words of the tiny tokenizer's corpus; every row has a correct and an incorrect step, so every batch has both.
 ROWS = [
@@ -122,12 +122,12 @@ def test_truncation_and_last_step_only(tiny_model_dir, tokenizer, tmp_path):
     assert [(i, x) for i, x in enumerate(row["labels"]) if x != -100] == [(ends[-1] - prompt_len + 2, 1)]
 
 
-def test_step_label_loss_is_cross_entropy_at_the_labels():
+def test_stepwise_prm_loss_is_cross_entropy_at_the_labels():
     logits = torch.randn(2, 5, 2)
     labels = torch.tensor([[-100, 1, -100, 0, -100], [0, -100, -100, -100, 1]])
     expected = F.cross_entropy(logits.reshape(-1, 2), labels.reshape(-1), ignore_index=-100)
-    torch.testing.assert_close(step_label_loss(logits, labels), expected, rtol=1e-6, atol=0)
-    torch.testing.assert_close(step_label_loss(logits, labels, num_labelled=8), expected / 2, rtol=1e-6, atol=0)
+    torch.testing.assert_close(stepwise_prm_loss(logits, labels), expected, rtol=1e-6, atol=0)
+    torch.testing.assert_close(stepwise_prm_loss(logits, labels, num_labelled=8), expected / 2, rtol=1e-6, atol=0)
 
 
 def test_logits_at_init_are_a_plain_forward_at_the_step_ends(tiny_model_dir, tokenizer, tmp_path):

@@ -27,6 +27,7 @@ _EXPORTS = {
     "mixce_loss": ".losses",
     "mixce_token_loss": ".losses",
     "sequencematch_loss": ".losses",
+    "stepwise_prm_loss": ".losses",
     "sample_with_backspace": ".generation",
     "apply_backspaces": ".backspace",
 }
@@ -58,6 +59,7 @@ __all__ = [
     "sample_with_backspace",
     "apply_backspaces",
     "sequencematch_loss",
+    "stepwise_prm_loss",
 ]
 
 if TYPE_CHECKING:
@@ -71,6 +73,7 @@ if TYPE_CHECKING:
         mixce_loss,
         mixce_token_loss,
         sequencematch_loss,
+        stepwise_prm_loss,
     )
     from .prm_scorer import load_prm
     from .scoring import ImplicitPRM, StepScores, likelihood_ratio_score

@@ -123,6 +123,25 @@ def implicit_prm_dpo_loss(
     return -F.logsigmoid(beta * (d_w - d_l)).mean()
 
 
+def stepwise_prm_loss(
+    logits: torch.Tensor, labels: torch.Tensor, num_labelled: torch.Tensor | int | None = None
+) -> torch.Tensor:
+    """Explicit (stepwise) PRM loss: cross-entropy of a 2-way token head at the labelled positions (each step's last
+    token), summed and divided by ``num_labelled``. Uesato et al., 2022, arXiv:2211.14275; TRL's former PRMTrainer.
+
+    Args:
+        logits: ``(B, T, 2)``, any float dtype (upcast to fp32 here).
+        labels: ``(B, T)``, ``0``/``1`` at step ends and ``-100`` elsewhere.
+        num_labelled: the divisor; ``None`` is this batch's labelled count (a step mean, ``F.cross_entropy``'s).
+    Returns:
+        A scalar in fp32, in nats per step.
+    """
+    mask = labels != -100
+    logps = torch.log_softmax(logits.float(), dim=-1).gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+    denom = mask.sum() if num_labelled is None else torch.as_tensor(num_labelled, device=logits.device)
+    return -logps.masked_fill(~mask, 0.0).sum() / denom.clamp(min=1)
+
+
 def ddo_loss(
     real_policy_logps: torch.Tensor,
     real_ref_logps: torch.Tensor,

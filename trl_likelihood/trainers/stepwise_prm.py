@@ -44,6 +44,7 @@ from transformers import (
 )
 
 from .. import _compat
+from ..losses import stepwise_prm_loss
 from ..methods import METHODS
 from ..metrics import binary_auroc
 from ..stepwise_data import STEPWISE_COLUMNS, check_stepwise_row, validate_stepwise_dataset
@@ -127,24 +128,6 @@ class StepwisePRMConfig(TrainingArguments):
         )
         if not isinstance(self.step_separator, str):
             raise ValueError(f"`step_separator` must be a string, got {self.step_separator!r}.")
-
-
-def step_label_loss(
-    logits: torch.Tensor, labels: torch.Tensor, num_labelled: torch.Tensor | int | None = None
-) -> torch.Tensor:
-    """Cross-entropy of the 2-way head at the labelled positions, summed and divided by ``num_labelled``.
-
-    Args:
-        logits: ``(B, T, 2)``, any float dtype (upcast to fp32 here).
-        labels: ``(B, T)``, ``0``/``1`` at step ends and ``-100`` elsewhere.
-        num_labelled: the divisor; ``None`` is this batch's labelled count (a step mean, ``F.cross_entropy``'s).
-    Returns:
-        A scalar in fp32, in nats per step.
-    """
-    mask = labels != -100
-    logps = torch.log_softmax(logits.float(), dim=-1).gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
-    denom = mask.sum() if num_labelled is None else torch.as_tensor(num_labelled, device=logits.device)
-    return -logps.masked_fill(~mask, 0.0).sum() / denom.clamp(min=1)
 
 
 def _tokenised(dataset: Dataset | None, tokenizer: Any, args: StepwisePRMConfig, where: str, is_eval: bool):
@@ -289,7 +272,7 @@ class StepwisePRMTrainer(CardMixin, _TokenisedStepwiseData, Trainer):
     }
     _card_template = METHODS["stepwise-prm"].card_template
     _card_pipeline_tag = "token-classification"
-    loss_is_scaled_for_ga = True  # step_label_loss divides by the labelled steps of the whole accumulated batch
+    loss_is_scaled_for_ga = True  # stepwise_prm_loss divides by the labelled steps of the whole accumulated batch
 
     def __init__(
         self,
@@ -335,7 +318,7 @@ class StepwisePRMTrainer(CardMixin, _TokenisedStepwiseData, Trainer):
         mode = "train" if self.model.training else "eval"
         labels = inputs["labels"]
         outputs = model(input_ids=inputs["input_ids"], attention_mask=inputs.get("attention_mask"))
-        loss = step_label_loss(outputs.logits, labels, num_items_in_batch)
+        loss = stepwise_prm_loss(outputs.logits, labels, num_items_in_batch)
         # `num_items_in_batch` counts every rank's steps while DDP averages the gradients across ranks.
         if self.args.average_tokens_across_devices and num_items_in_batch is not None:
             loss = loss * (self.accelerator.num_processes // self.get_tp_size())
