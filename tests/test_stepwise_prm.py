@@ -355,6 +355,26 @@ def test_saved_model_reloads_and_scores_the_trained_positions(tiny_model_dir, to
     assert max(abs(r) for r in result.step_rewards) > 1e-3  # training moved the head off a constant
 
 
+def test_saved_files_hold_no_token_and_the_card_no_local_path(tiny_model_dir, tmp_path):
+    """``training_args.bin`` pickles the arguments next to every save: its public copy blanks the Hub token and the
+    token in ``model_init_kwargs``; the card names the base by its folder's name only."""
+    token = "hf_" + "S" * 34
+    args = _args(tmp_path, max_steps=1, save_strategy="steps", save_steps=1, hub_token=token)
+    args.model_init_kwargs = {"token": token}
+    trainer = StepwisePRMTrainer(tiny_model_dir, args=args, train_dataset=_data(8), peft_config=LoraConfig(**LORA))
+    trainer.train()
+    trainer.save_model()
+    files = [p for p in (tmp_path / "run").rglob("*") if p.is_file()]
+    assert any(p.name == "training_args.bin" for p in files) and any(p.parent.name == "checkpoint-1" for p in files)
+    for path in files:
+        assert token.encode() not in path.read_bytes(), path
+    published = torch.load(tmp_path / "run" / "training_args.bin", weights_only=False)
+    assert published.hub_token is None and published.model_init_kwargs == {"token": None}
+    card = (tmp_path / "run" / "README.md").read_text()
+    assert str(tmp_path) not in card and os.path.dirname(tiny_model_dir) not in card
+    assert f"`{os.path.basename(tiny_model_dir)}`" in card  # the base, by its folder's name
+
+
 def _rank_and_vote(scorer, prompt, candidates, answers):
     """What a user runs with either scorer, unchanged: Best-of-N and a weighted vote, checked against score()."""
     scores = [s.score for s in scorer.score(prompt, candidates)]
