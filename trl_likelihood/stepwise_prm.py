@@ -26,11 +26,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from transformers import AutoModelForTokenClassification, AutoTokenizer, PreTrainedTokenizerBase
+from transformers import AutoModelForTokenClassification, PreTrainedTokenizerBase
 from transformers.utils.peft_utils import find_adapter_config_file
 
 from .method_settings import read_method_settings
 from .prm_scorer import PRMScorer, Prompt, StepScores, aggregate_steps, check_aggregate, is_messages
+from .scoring import _load_tokenizer  # the model's tokenizer, or its base model's for an adapter saved without one
 
 DEFAULT_STEP_SEPARATOR = "\n"  # StepwisePRMConfig's default (TRL's PRMConfig's), for a model saved without settings
 
@@ -120,22 +121,6 @@ def _load_classifier(name_or_path: str | os.PathLike, model_kwargs: dict[str, An
 
         return AutoPeftModelForTokenClassification.from_pretrained(name_or_path, **model_kwargs)
     return AutoModelForTokenClassification.from_pretrained(name_or_path, **model_kwargs)
-
-
-def _load_tokenizer(source: Any, model: torch.nn.Module) -> PreTrainedTokenizerBase:
-    """The model's tokenizer: from its path, else (an adapter saved without one) from its base model's path."""
-    candidates = [str(source)] if isinstance(source, str | os.PathLike) else []
-    peft_config = getattr(model, "peft_config", None)
-    if peft_config:
-        candidates.append(next(iter(peft_config.values())).base_model_name_or_path)
-    candidates.append(getattr(model, "name_or_path", None))
-    errors = []
-    for name in dict.fromkeys(c for c in candidates if c):
-        try:
-            return AutoTokenizer.from_pretrained(name)
-        except (OSError, ValueError) as err:
-            errors.append(f"{name}: {err}")
-    raise ValueError(f"Could not load a tokenizer for the model; pass `tokenizer=`. Tried: {errors or 'nothing'}.")
 
 
 class StepwisePRM(PRMScorer):
