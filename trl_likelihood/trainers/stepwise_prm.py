@@ -16,11 +16,16 @@ Choices made here:
 - A row whose every label is truncated away is dropped and counted (TRL kept it, with nothing to learn) [ours].
 - The loss divides by the labelled positions of the whole accumulated batch, across processes (``num_items_in_batch``,
   as transformers does for token classifiers), so accumulation equals one big batch [ours, tested].
+- The new head ``score`` is drawn from ``args.seed``, as TRL's ``RewardTrainer`` does, so runs start alike [code].
 - PEFT: the adapter is a ``TOKEN_CLS`` one, whose classifier head ``score`` is trained in full (``modules_to_save``);
-  QLoRA through ``model_init_kwargs``' ``quantization_config`` (``prepare_model_for_kbit_training``) [PEFT].
+  QLoRA through ``model_init_kwargs``' ``quantization_config`` (``prepare_model_for_kbit_training``), with the head
+  kept out of the 4-bit layers [PEFT; ours].
+- A streamed dataset is checked row by row as it is read; a map-style one whole, before the model loads [ours].
 - Logged: step accuracy (log-odds > 0 against the label) and step AUROC, over the labelled steps of each window.
 - At inference ``StepwisePRM`` reads the log-odds at the same positions (``trl_likelihood.stepwise_prm``).
-Tests check the identities: at init the trainer's step logits are a plain forward's at the hand-counted step ends.
+Tests check the identities: at init the trainer's step logits are a plain forward's at the hand-counted step ends;
+accumulation, two processes and a resume give the weights of one uninterrupted big-batch run; under (Q)LoRA only the
+adapter and the head move.
 """
 
 from __future__ import annotations
