@@ -33,6 +33,7 @@ import efficacy_ddo  # noqa: E402
 import efficacy_implicit_prm  # noqa: E402
 import efficacy_mixce  # noqa: E402
 import efficacy_sequencematch  # noqa: E402
+import prm_comparison  # noqa: E402
 import sequencematch_noise_sweep  # noqa: E402
 import torch  # noqa: E402
 from studies import run_seeds  # noqa: E402
@@ -110,6 +111,16 @@ METHODS: dict[str, Method] = {
         plot=plots.plot_implicit_prm,
         full=["--ns", "1", "2", "4", "8", "16"],
         quick=["--num_labels", "200", "--epochs", "0.5", "--ns", "1", "4", "16"],
+        extras=(
+            Extra(
+                "prm-comparison.png",
+                "Implicit vs explicit PRMs at equal label budgets (outcome labels, exact step labels, Math-Shepherd "
+                "labels from pi_ref rollouts; `python benchmarks/prm_comparison.py`, results in "
+                "`prm-comparison.json`, protocol in `trl_likelihood/lab/prm_comparison.py`):",
+                results="prm-comparison.json",
+                table=prm_comparison.markdown_table,
+            ),
+        ),
     ),
     "ddo": Method(
         title="DDO vs continued MLE (fixed-length sparse bigram, over-dispersed reference)",
