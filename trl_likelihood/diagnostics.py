@@ -27,6 +27,7 @@ from transformers import PreTrainedTokenizerBase, TrainerCallback, TrainerContro
 from trl.data_utils import common_prefix_length  # where SFT's completion starts
 
 from . import _compat
+from .model_modes import eval_mode
 
 logger = logging.getLogger(__name__)
 
@@ -104,10 +105,9 @@ def probe_statistics(
         entropy (nats) of that top-k distribution renormalised, at most ``log top_k``. The full ``(B, T, V)`` logits
         are built per batch, so keep ``batch_size`` small for large vocabularies.
     """
-    device, was_training = next(model.parameters()).device, model.training
-    model.eval()  # no dropout: values must not depend on the step's random state
+    device = next(model.parameters()).device
     totals = torch.zeros(4, dtype=torch.float64)  # logp sum, entropy sum, mass sum, completion tokens
-    try:
+    with eval_mode(model):
         for start in range(0, len(rows), batch_size):
             ids, attention, target = _batch(rows[start : start + batch_size], device)
             logits = model(input_ids=ids, attention_mask=attention, use_cache=False).logits[:, :-1]
@@ -119,8 +119,6 @@ def probe_statistics(
             per_token = torch.stack([token_logp, entropy, top.exp().sum(-1)])  # (3, B, T-1)
             totals[:3] += torch.where(target, per_token, 0.0).sum((1, 2)).double().cpu()
             totals[3] += target.sum().item()
-    finally:
-        model.train(was_training)
     logp, entropy, mass, tokens = totals.tolist()
     return {"probe_logp": logp / len(rows), "topk_entropy": entropy / tokens, "topk_mass": mass / tokens}
 

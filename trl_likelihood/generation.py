@@ -30,6 +30,7 @@ from transformers import DynamicCache
 
 from . import engines
 from .backspace import Trajectory
+from .model_modes import eval_mode
 
 
 @dataclass
@@ -164,16 +165,13 @@ def _eos_ids(eos_token_id: int | Sequence[int] | None, device: torch.device) -> 
 def _sampling_mode(model: torch.nn.Module, device: torch.device) -> Iterator[None]:
     """Eval mode while sampling (no dropout; the cache stays on under gradient checkpointing), then the mode back."""
     was_training = model.training
-    model.eval()
-    for module in model.modules():
-        # bitsandbytes repacks 4-bit weights for CPU inference at their first eval-mode forward, and training cannot
-        # use the packed layout afterwards. Those layers keep their mode: they have no dropout, only the packing.
-        if type(module).__name__ == "Linear4bit" and device.type == "cpu":
-            module.train(was_training)
-    try:
+    with eval_mode(model):
+        for module in model.modules():
+            # bitsandbytes repacks 4-bit weights for CPU inference at their first eval-mode forward, and training
+            # cannot use the packed layout afterwards. Those layers keep their mode: no dropout, only the packing.
+            if type(module).__name__ == "Linear4bit" and device.type == "cpu":
+                module.train(was_training)
         yield
-    finally:
-        model.train(was_training)
 
 
 @torch.no_grad()

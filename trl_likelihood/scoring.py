@@ -39,6 +39,7 @@ from transformers.utils.peft_utils import find_adapter_config_file
 from trl.data_utils import common_prefix_length  # where SFT's completion starts
 
 from .method_settings import read_method_settings
+from .model_modes import eval_mode
 from .prm_scorer import AGGREGATES, PRMScorer, Prompt, StepScores, aggregate_steps, check_aggregate, is_messages
 from .ratio import adapter_disabled, ensure_fused_head, token_logps, unwrap_ddp
 
@@ -323,10 +324,9 @@ def sequence_log_likelihood(
     if any(len(r) < 2 for r in rows):
         raise ValueError("Every sequence needs at least two tokens: the first one is only context.")
     ensure_fused_head(model)
-    device, was_training = next(model.parameters()).device, model.training
-    model.eval()  # no dropout while scoring
+    device = next(model.parameters()).device
     sums, counts = [], []
-    try:
+    with eval_mode(model):  # no dropout while scoring
         for start in range(0, len(rows), batch_size):
             batch = _padded_batch(rows[start : start + batch_size], device)
             if reference_adapter_disabled:
@@ -336,8 +336,6 @@ def sequence_log_likelihood(
                 lp = token_logps(model, batch)
             sums.append(lp.logps.double().sum(-1).cpu())  # unscored positions hold 0
             counts.append(lp.mask.sum(-1).cpu())
-    finally:
-        model.train(was_training)
     return torch.cat(sums), torch.cat(counts)
 
 

@@ -35,6 +35,7 @@ from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from ..backspace import BACKSPACE
 from ..generation import sample_with_backspace, sampling_seed
+from ..model_modes import eval_mode
 from .modarith import BOS, BOS_ID, EOS, EOS_ID, PAD, PAD_ID
 
 BKSPC_ID = 3
@@ -180,9 +181,7 @@ def _device(model: torch.nn.Module) -> torch.device:
 def answer_nll(model: torch.nn.Module, task: AdditionTask, problems: Problems, batch_size: int = 500) -> float:
     """Held-out NLL of the clean answers: nats per answer token, ``<eos>`` included, given ``<bos>`` + prompt."""
     total, count = 0.0, 0
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         for start in range(0, len(problems), batch_size):
             chunk = problems[start : start + batch_size]
             prompts = task.prompt_ids(chunk)
@@ -198,8 +197,6 @@ def answer_nll(model: torch.nn.Module, task: AdditionTask, problems: Problems, b
             nll = -logps.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
             total += float(torch.where(keep, nll, 0.0).sum())
             count += int(keep.sum())
-    finally:
-        model.train(was_training)
     return total / max(count, 1)
 
 

@@ -23,6 +23,7 @@ from typing import Any
 from transformers import PrinterCallback, TrainerCallback
 from trl import SFTConfig, SFTTrainer
 
+from ..model_modes import eval_mode
 from ..trainers import DDOConfig, DDOTrainer, ImplicitPRMConfig, ImplicitPRMTrainer, MixCEConfig, MixCETrainer
 from .bigram import BigramTask
 from .metrics import bigram_metrics, sample_diversity, sample_model
@@ -291,12 +292,8 @@ def ddo_vs_mle(
         metrics = bigram_metrics(
             model, task, num_sequences=setup.eval_sequences, num_samples=setup.eval_samples, seed=held_out
         )
-        was_training = model.training
-        model.eval()
-        try:
+        with eval_mode(model):
             samples = sample_model(model, task, setup.eval_samples, held_out + 1, 1000)  # bigram_metrics' samples
-        finally:
-            model.train(was_training)
         return metrics | sample_diversity(samples, task)
 
     def report(name: str) -> None:

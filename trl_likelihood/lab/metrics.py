@@ -14,6 +14,7 @@ import torch
 from transformers import DynamicCache
 
 from ..metrics import impossible_mass, invalid_rate, per_context_js, reverse_cross_entropy
+from ..model_modes import eval_mode
 from .bigram import BOS_ID, EOS_ID, PAD_ID, BigramTask
 
 
@@ -107,13 +108,9 @@ def bigram_metrics(
         zero-probability transition (or no EOS by ``max_len``). ``reverse_nll``: ``-log P`` per token over the valid
         samples. ``num_prefixes``: how many prefixes the first three average over.
     """
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         metrics = prefix_metrics(model, task.sample(num_sequences, seed), task, batch_size)
         log_p, num_tokens = task.log_prob(sample_model(model, task, num_samples, seed + 1, 2 * batch_size))
-    finally:
-        model.train(was_training)
     log_p, num_tokens = log_p.double().numpy(), num_tokens.double().numpy()
     metrics["invalid_rate"] = invalid_rate(log_p)
     metrics["reverse_nll"] = reverse_cross_entropy(log_p, num_tokens)

@@ -32,6 +32,7 @@ from ..cards import CardInfo
 from ..losses import implicit_prm_dpo_loss, implicit_prm_loss
 from ..methods import METHODS
 from ..metrics import binary_auroc
+from ..model_modes import eval_mode
 from ..prm_data import LABEL_COLUMN, prepare_prm_dataset
 from ..ratio import Reference, build_reference, token_logps
 from .base import CardMixin, LossOnlyEvaluation, check_config_fields, resolve_args
@@ -202,16 +203,14 @@ class ImplicitPRMTrainer(CardMixin, LossOnlyEvaluation, SFTTrainer):
         rank, world = self.accelerator.process_index, self.accelerator.num_processes
         mine = list(range(rank, len(dataset), world))
         mine += mine[-1:] * (math.ceil(len(dataset) / world) - len(mine))
-        was_training = self.model.training
-        self.model.eval()
         scored = []
-        for start in range(0, len(mine), batch_size):
-            index = mine[start : start + batch_size]
-            batch = self._prepare_inputs(self.data_collator([dataset[i] for i in index]))
-            logps = self.reference.sequence_logps(policy, batch).cpu().tolist()
-            rejected = logps[len(index) :] or [None] * len(index)
-            scored += list(zip(index, logps[: len(index)], rejected))
-        self.model.train(was_training)
+        with eval_mode(self.model):
+            for start in range(0, len(mine), batch_size):
+                index = mine[start : start + batch_size]
+                batch = self._prepare_inputs(self.data_collator([dataset[i] for i in index]))
+                logps = self.reference.sequence_logps(policy, batch).cpu().tolist()
+                rejected = logps[len(index) :] or [None] * len(index)
+                scored += list(zip(index, logps[: len(index)], rejected))
         by_row = {i: (c, r) for i, c, r in gather_object(scored)}
         dataset = dataset.add_column("ref_logps", [by_row[i][0] for i in range(len(dataset))])
         if by_row[0][1] is None:

@@ -1,0 +1,20 @@
+"""The model's train/eval mode for a block of work that must not see dropout, and the mode given back after it."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
+
+
+@contextmanager
+def eval_mode(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
+    """Eval mode inside the block (no dropout: scores and samples must not depend on the step's random state), the
+    mode the model had before after it, also when the block raises."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
