@@ -72,7 +72,9 @@ def is_peft(model: Any) -> bool:
     """True for a PEFT model, also when wrapped by DDP (accelerate's helper, re-exported for one import site)."""
     from accelerate.utils import is_peft_model
 
-    return is_peft_model(model.module if hasattr(model, "module") else model)
+    from .modeling import unwrap_ddp
+
+    return is_peft_model(unwrap_ddp(model))
 
 
 def trl_version_is_tested() -> bool:

@@ -157,7 +157,7 @@ def _refuse_a_token_with_another_use(tokenizer: Any, token: str) -> None:
 def _base_model(model: torch.nn.Module) -> torch.nn.Module:
     """The transformers model under DDP and PEFT wrappers (the one that owns the embeddings)."""
     from ._compat import is_peft
-    from .ratio import unwrap_ddp
+    from .modeling import unwrap_ddp
 
     model = unwrap_ddp(model)
     return model.get_base_model() if is_peft(model) else model

@@ -27,7 +27,7 @@ from transformers import PreTrainedTokenizerBase, TrainerCallback, TrainerContro
 from trl.data_utils import common_prefix_length  # where SFT's completion starts
 
 from . import _compat
-from .model_modes import eval_mode
+from .modeling import eval_mode
 
 logger = logging.getLogger(__name__)
 

@@ -30,7 +30,7 @@ from transformers import DynamicCache
 
 from . import engines
 from .backspace import Trajectory
-from .model_modes import eval_mode
+from .modeling import eval_mode
 
 
 @dataclass

@@ -20,6 +20,7 @@ import torch
 from accelerate.utils import is_peft_model
 
 from . import _compat, engines
+from .modeling import unwrap_ddp
 
 
 @dataclass
@@ -54,11 +55,6 @@ def token_logps(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> Token
     inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "labels", "position_ids") if k in batch}
     outputs = model(**inputs, use_cache=False, fused_lm_head=True)
     return TokenLogps(outputs.log_probs.float(), outputs.label_mask, outputs)
-
-
-def unwrap_ddp(model: torch.nn.Module) -> torch.nn.Module:
-    """The model inside a ``DistributedDataParallel`` wrapper (the model itself when not wrapped)."""
-    return model.module if hasattr(model, "module") else model
 
 
 @contextlib.contextmanager

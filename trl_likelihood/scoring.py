@@ -39,9 +39,9 @@ from transformers.utils.peft_utils import find_adapter_config_file
 from trl.data_utils import common_prefix_length  # where SFT's completion starts
 
 from .method_settings import read_method_settings
-from .model_modes import eval_mode
+from .modeling import eval_mode, unwrap_ddp
 from .prm_scorer import AGGREGATES, PRMScorer, Prompt, StepScores, aggregate_steps, check_aggregate, is_messages
-from .ratio import adapter_disabled, ensure_fused_head, token_logps, unwrap_ddp
+from .ratio import adapter_disabled, ensure_fused_head, token_logps
 
 DEFAULT_BETA = 0.05  # ImplicitPRMConfig's default, for a policy saved without its settings
 __all__ = ["AGGREGATES", "ImplicitPRM", "StepScores", "aggregate_steps", "likelihood_ratio_score"]

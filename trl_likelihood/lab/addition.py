@@ -35,7 +35,7 @@ from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from ..backspace import BACKSPACE
 from ..generation import sample_with_backspace, sampling_seed
-from ..model_modes import eval_mode
+from ..modeling import eval_mode
 from .modarith import BOS, BOS_ID, EOS, EOS_ID, PAD, PAD_ID
 
 BKSPC_ID = 3

@@ -23,7 +23,7 @@ from typing import Any
 from transformers import PrinterCallback, TrainerCallback
 from trl import SFTConfig, SFTTrainer
 
-from ..model_modes import eval_mode
+from ..modeling import eval_mode
 from ..trainers import DDOConfig, DDOTrainer, ImplicitPRMConfig, ImplicitPRMTrainer, MixCEConfig, MixCETrainer
 from .bigram import BigramTask
 from .metrics import bigram_metrics, sample_diversity, sample_model

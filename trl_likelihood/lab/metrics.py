@@ -14,7 +14,7 @@ import torch
 from transformers import DynamicCache
 
 from ..metrics import impossible_mass, invalid_rate, per_context_js, reverse_cross_entropy
-from ..model_modes import eval_mode
+from ..modeling import eval_mode
 from .bigram import BOS_ID, EOS_ID, PAD_ID, BigramTask
 
 

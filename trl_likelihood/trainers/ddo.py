@@ -50,7 +50,8 @@ from ..data import checked_sft_datasets
 from ..generation import append_completions, sample_completions, sampling_seed
 from ..losses import IGNORE_INDEX, ddo_loss
 from ..methods import METHODS
-from ..ratio import adapter_disabled, build_reference, token_logps, trainable_snapshot, unwrap_ddp, weights_swapped
+from ..modeling import unwrap_ddp
+from ..ratio import adapter_disabled, build_reference, token_logps, trainable_snapshot, weights_swapped
 from .base import (
     CardMixin,
     LossOnlyEvaluation,

@@ -32,7 +32,7 @@ from ..cards import CardInfo
 from ..losses import implicit_prm_dpo_loss, implicit_prm_loss
 from ..methods import METHODS
 from ..metrics import binary_auroc
-from ..model_modes import eval_mode
+from ..modeling import eval_mode
 from ..prm_data import LABEL_COLUMN, prepare_prm_dataset
 from ..ratio import Reference, build_reference, token_logps
 from .base import CardMixin, LossOnlyEvaluation, check_config_fields, resolve_args

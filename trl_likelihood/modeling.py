@@ -1,4 +1,5 @@
-"""The model's train/eval mode for a block of work that must not see dropout, and the mode given back after it."""
+"""Small facts about a model object used everywhere: the model inside a DDP wrapper, and eval mode for a block of work
+that must not see dropout, with the mode given back after it."""
 
 from __future__ import annotations
 
@@ -18,3 +19,8 @@ def eval_mode(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
         yield model
     finally:
         model.train(was_training)
+
+
+def unwrap_ddp(model: torch.nn.Module) -> torch.nn.Module:
+    """The model inside a ``DistributedDataParallel`` wrapper (the model itself when not wrapped)."""
+    return model.module if hasattr(model, "module") else model
