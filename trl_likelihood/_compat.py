@@ -27,10 +27,12 @@ from trl.models import prepare_deepspeed, prepare_fsdp, unwrap_model_for_generat
 # DPO/KTO use to switch dropout off (a ratio to a dropout-free reference must not be noisy on one side).
 # TRL 1.16: how SFTTrainer turns a model id into a model (dtype strings, float32 default). SequenceMatch must add its
 # <bkspc> token before SFT wraps the model in PEFT, so it loads the model itself, the same way.
+# TRL 1.16: its padding helper (right or left, to the longest row), for the batches built outside a collator.
 from trl.trainer.utils import (  # noqa: F401  (re-exported)
     add_fused_lm_head,
     create_model_from_path,
     disable_dropout_in_model,
+    pad,
 )
 
 TESTED_TRL = ("1.16",)

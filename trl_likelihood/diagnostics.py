@@ -27,7 +27,7 @@ from transformers import PreTrainedTokenizerBase, TrainerCallback, TrainerContro
 from trl.data_utils import common_prefix_length  # where SFT's completion starts
 
 from . import _compat
-from .modeling import eval_mode
+from .modeling import eval_mode, right_padded
 
 logger = logging.getLogger(__name__)
 
@@ -82,13 +82,9 @@ def encode_probe(row: Mapping[str, Any], tokenizer: PreTrainedTokenizerBase | No
 def _batch(rows: list[ProbeRow], device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Right-padded ``input_ids``, ``attention_mask`` and ``(B, T-1)`` mask of the positions that predict a
     completion token."""
-    length = max(len(r.input_ids) for r in rows)
-    ids = torch.zeros(len(rows), length, dtype=torch.long)
-    attention = torch.zeros_like(ids)
-    target = torch.zeros(len(rows), length - 1, dtype=torch.bool)
+    ids, attention = right_padded([r.input_ids for r in rows])
+    target = torch.zeros(len(rows), ids.shape[1] - 1, dtype=torch.bool)
     for i, r in enumerate(rows):
-        ids[i, : len(r.input_ids)] = torch.tensor(r.input_ids)
-        attention[i, : len(r.input_ids)] = 1
         target[i, r.completion_start - 1 : len(r.input_ids) - 1] = True
     return ids.to(device), attention.to(device), target.to(device)
 

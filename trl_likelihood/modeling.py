@@ -1,12 +1,14 @@
-"""Small facts about a model object used everywhere: the model inside a DDP wrapper, and eval mode for a block of work
-that must not see dropout, with the mode given back after it."""
+"""Small facts about feeding a model, each written once: the model inside a DDP wrapper, eval mode for a block of work
+that must not see dropout (the mode given back after it), and a right-padded batch of token rows."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
 import torch
+
+from ._compat import pad
 
 
 @contextmanager
@@ -24,3 +26,11 @@ def eval_mode(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
 def unwrap_ddp(model: torch.nn.Module) -> torch.nn.Module:
     """The model inside a ``DistributedDataParallel`` wrapper (the model itself when not wrapped)."""
     return model.module if hasattr(model, "module") else model
+
+
+def right_padded(rows: Sequence[Sequence[int]], pad_id: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(input_ids, attention_mask)`` of token rows padded on the right with ``pad_id``, as SFT's collator pads:
+    real tokens keep their positions (TRL's ``pad``)."""
+    ids = pad([torch.tensor(list(r), dtype=torch.long) for r in rows], padding_value=pad_id)
+    mask = pad([torch.ones(len(r), dtype=torch.long) for r in rows], padding_value=0)
+    return ids, mask

@@ -39,7 +39,7 @@ from transformers.utils.peft_utils import find_adapter_config_file
 from trl.data_utils import common_prefix_length  # where SFT's completion starts
 
 from .method_settings import read_method_settings
-from .modeling import eval_mode, unwrap_ddp
+from .modeling import eval_mode, right_padded, unwrap_ddp
 from .prm_scorer import AGGREGATES, PRMScorer, Prompt, StepScores, aggregate_steps, check_aggregate, is_messages
 from .ratio import adapter_disabled, ensure_fused_head, token_logps
 
@@ -227,16 +227,11 @@ class ImplicitPRM(PRMScorer):
     @torch.no_grad()
     def _token_logratios(self, batch: list[_Encoded]) -> list[torch.Tensor]:
         """Per response, ``(n_response_tokens,)`` fp32 ``log pi - log pi_ref``; one policy, one reference forward."""
-        length = max(len(e.input_ids) for e in batch)
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
-        input_ids = torch.full((len(batch), length), pad, dtype=torch.long)
+        input_ids, attention_mask = right_padded([e.input_ids for e in batch], pad)
         labels = torch.full_like(input_ids, -100)  # only response tokens are scored
-        attention_mask = torch.zeros_like(input_ids)
-        for row, e in enumerate(batch):  # right padding, as SFT's collator: positions of real tokens are unchanged
-            n = len(e.input_ids)
-            input_ids[row, :n] = torch.tensor(e.input_ids)
-            attention_mask[row, :n] = 1
-            labels[row, e.prompt_len : n] = input_ids[row, e.prompt_len : n]
+        for row, e in enumerate(batch):
+            labels[row, e.prompt_len : len(e.input_ids)] = input_ids[row, e.prompt_len : len(e.input_ids)]
         inputs = {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
         inputs = {k: v.to(self.device) for k, v in inputs.items()}
         policy = token_logps(self.policy, inputs).logps
@@ -285,12 +280,7 @@ def _token_rows(sequences: Sequences, tokenizer: PreTrainedTokenizerBase | None)
 
 def _padded_batch(rows: list[list[int]], device: torch.device) -> dict[str, torch.Tensor]:
     """Right-padded ``input_ids``/``attention_mask``/``labels``; every token after the first is scored."""
-    length = max(len(r) for r in rows)
-    input_ids = torch.zeros(len(rows), length, dtype=torch.long)
-    attention_mask = torch.zeros_like(input_ids)
-    for i, r in enumerate(rows):
-        input_ids[i, : len(r)] = torch.tensor(r, dtype=torch.long)
-        attention_mask[i, : len(r)] = 1
+    input_ids, attention_mask = right_padded(rows)
     labels = input_ids.masked_fill(attention_mask == 0, -100)  # the pad id never matters: its label is ignored
     return {
         "input_ids": input_ids.to(device),

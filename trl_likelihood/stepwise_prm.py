@@ -30,6 +30,7 @@ from transformers import AutoModelForTokenClassification, PreTrainedTokenizerBas
 from transformers.utils.peft_utils import find_adapter_config_file
 
 from .method_settings import read_method_settings
+from .modeling import right_padded
 from .prm_scorer import PRMScorer, Prompt, StepScores, aggregate_steps, check_aggregate, is_messages
 from .scoring import _load_tokenizer  # the model's tokenizer, or its base model's for an adapter saved without one
 
@@ -178,13 +179,8 @@ class StepwisePRM(PRMScorer):
     @torch.no_grad()
     def _step_logodds(self, batch: list[StepwiseTokens]) -> list[torch.Tensor]:
         """Per response, ``(n_steps,)`` fp32 ``logit_1 - logit_0`` at the step ends; one right-padded forward."""
-        length = max(len(t.input_ids) for t in batch)
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
-        input_ids = torch.full((len(batch), length), pad, dtype=torch.long)
-        attention_mask = torch.zeros_like(input_ids)
-        for row, t in enumerate(batch):
-            input_ids[row, : len(t.input_ids)] = torch.tensor(t.input_ids)
-            attention_mask[row, : len(t.input_ids)] = 1
+        input_ids, attention_mask = right_padded([t.input_ids for t in batch], pad)
         logits = self.model(input_ids=input_ids.to(self.device), attention_mask=attention_mask.to(self.device)).logits
         logodds = (logits[..., 1].float() - logits[..., 0].float()).cpu()  # (B, T)
         return [logodds[row, t.step_ends] for row, t in enumerate(batch)]
