@@ -1,10 +1,12 @@
 """Small facts about feeding a model, each written once: the model inside a DDP wrapper, eval mode for a block of work
-that must not see dropout (the mode given back after it), and a right-padded batch of token rows."""
+that must not see dropout (the mode given back after it), a right-padded batch of token rows, and the ids that end or
+pad a sample."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from typing import Any
 
 import torch
 
@@ -34,3 +36,12 @@ def right_padded(rows: Sequence[Sequence[int]], pad_id: int = 0) -> tuple[torch.
     ids = pad([torch.tensor(list(r), dtype=torch.long) for r in rows], padding_value=pad_id)
     mask = pad([torch.ones(len(r), dtype=torch.long) for r in rows], padding_value=0)
     return ids, mask
+
+
+def stop_and_pad_ids(model: torch.nn.Module, tokenizer: Any) -> tuple[list[int], int]:
+    """The ids that end a sample (the tokenizer's EOS and every EOS of the model's generation config, as
+    ``generate`` stops on them) and the id that pads one (the tokenizer's pad, else the first of those)."""
+    tokenizer = getattr(tokenizer, "tokenizer", tokenizer)  # a processor's tokenizer
+    eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    stops = sorted({tokenizer.eos_token_id, *([eos] if isinstance(eos, int) else eos or [])} - {None})
+    return stops, tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stops[0]

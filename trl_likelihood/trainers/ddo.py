@@ -50,7 +50,7 @@ from ..data import checked_sft_datasets
 from ..generation import append_completions, sample_completions, sampling_seed
 from ..losses import IGNORE_INDEX, ddo_loss
 from ..methods import METHODS
-from ..modeling import unwrap_ddp
+from ..modeling import stop_and_pad_ids, unwrap_ddp
 from ..ratio import adapter_disabled, build_reference, token_logps, trainable_snapshot, weights_swapped
 from .base import (
     CardMixin,
@@ -221,11 +221,7 @@ class DDOTrainer(CheckpointedMethodState, CardMixin, LossOnlyEvaluation, SFTTrai
         self._micro_index = MicroBatchIndex()
         self._rows = {"train": [], "eval": []}
         self._times = {"sampling": 0.0, "step": 0.0}
-        tok = self.processing_class
-        tok = getattr(tok, "tokenizer", tok)
-        eos = getattr(getattr(self.model, "generation_config", None), "eos_token_id", None)
-        self._eos = sorted({tok.eos_token_id, *([eos] if isinstance(eos, int) else eos or [])} - {None})
-        self._pad = tok.pad_token_id if tok.pad_token_id is not None else self._eos[0]
+        self._eos, self._pad = stop_and_pad_ids(self.model, self.processing_class)
 
     # ------------------------------------------------------------------ rounds
     def round_length(self) -> int:

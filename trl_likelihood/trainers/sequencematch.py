@@ -63,6 +63,7 @@ from ..data import checked_sft_datasets
 from ..generation import sample_with_backspace, sampling_seed
 from ..losses import IGNORE_INDEX, action_nll, sequence_nll, sequencematch_loss
 from ..methods import METHODS
+from ..modeling import stop_and_pad_ids
 from ..states import state_logits, states_batch
 from .base import (
     CardMixin,
@@ -244,9 +245,7 @@ class SequenceMatchTrainer(CheckpointedMethodState, DeviceMetrics, CardMixin, Lo
         )
         if args.disable_dropout:
             _compat.disable_dropout_in_model(self.model)
-        eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
-        self._eos = sorted({tokenizer.eos_token_id, *([eos] if isinstance(eos, int) else eos or [])} - {None})
-        self._pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self._eos[0]
+        self._eos, self._pad = stop_and_pad_ids(model, tokenizer)
         self._special = set(tokenizer.all_special_ids) | {self.bkspc_id}
         self._vocab_size = len(tokenizer)
         self._noise_ids = self._noise_token_ids()
