@@ -11,7 +11,8 @@ from a wrong 2nd digit 0 / 0.796 / 0.766, from a wrong 1st digit 0 / 0.062 / 0.0
 0.082; held-out NLL 0.033 / 0.029 / 0.048. (Before issue 16, which left the <bkspc> tokens out of the forward pass and
 shares rows between trajectories, the same seed gave BC 0.898 / 0.756 / 0.100 / 0.092 / 0.068 and SM 0.926 / 0.786 /
 0.104 / 0.098 / 0.043: the same states and logits up to float rounding, which 1,300 steps amplify.) The computation
-takes about 216 s of CPU time (MLE warm start 62 s, BC warm start 75 s, MLE 20 s, BC 24 s, SM 36 s). At this short
+takes 195 s of CPU time on one core (MLE warm start 59 s, BC warm start 66 s, MLE 18 s, BC 21 s, SM 31 s; 236 s
+before issue 16, of which the two MLE runs, SFTTrainer's, are 77 s either way). At this short
 schedule the models have not yet learnt to check the first answer digit (with the full 2,000-step warm start BC and SM
 recover from it ~0.87 of the time), so the large effect is asserted on the 2nd digit and only a clear one on the
 others.
