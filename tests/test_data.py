@@ -250,10 +250,10 @@ def test_streamed_json_without_declared_columns(tmp_path):
     ],
 )
 def test_trainer_rejects_bad_data_before_loading_the_model(tmp_path, train, match):
-    """A model path that does not exist: if validation ran after loading, this would be an OSError instead."""
+    """A Hub id that cannot be reached offline: if validation ran after loading, this would be an OSError instead."""
     args = MixCEConfig(str(tmp_path), **cpu_args())
     with pytest.raises(ValueError, match=match):
-        MixCETrainer(model=str(tmp_path / "no-such-model"), args=args, train_dataset=train)
+        MixCETrainer(model="nobody/no-such-model", args=args, train_dataset=train)
 
 
 def test_trainer_names_the_bad_eval_split(tiny_model_dir, lm_dataset, tmp_path):

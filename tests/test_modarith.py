@@ -23,13 +23,13 @@ from trl_likelihood.lab.prm_metrics import (
     LogLikelihoodScorer,
     OracleScorer,
     RandomScorer,
-    auroc,
     best_of_n_accuracy,
     best_of_n_baselines,
     reference_metrics,
     sample_candidates,
     step_metrics,
 )
+from trl_likelihood.metrics import auroc
 
 
 class SolverOracle(torch.nn.Module):
