@@ -121,7 +121,8 @@ def score_dataset(
         mine = chunk[state.process_index :: state.num_processes]
         scored = gather_object(score_rows(scorer, [dataset[i] for i in mine], mine, column))
         if state.is_main_process:
-            scored = sorted(scored, key=lambda r: r["index"])
+            by_index = {r["index"]: r for r in scored}  # one row per input row, whatever the gather returned
+            scored = [by_index[i] for i in chunk]
             if output.endswith(".jsonl"):
                 with open(output, "a", encoding="utf-8") as f:
                     f.writelines(json.dumps(r) + "\n" for r in scored)
