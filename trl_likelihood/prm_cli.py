@@ -124,7 +124,12 @@ def score_main(argv: Sequence[str] | None = None) -> int:
         from .score_dataset import score_dataset
 
         dataset = _one_split(args)
-        scorer = load_scorer(args.model, args.reference, args.beta, args.batch_size, PartialState().device)
+        import torch
+
+        # On a machine without an accelerator the processes of `accelerate launch` talk over gloo only when the
+        # state is built for the CPU (as the trainers' --use_cpu does); else each runs alone and writes everything.
+        state = PartialState(cpu=not torch.cuda.is_available())
+        scorer = load_scorer(args.model, args.reference, args.beta, args.batch_size, state.device)
         score_dataset(scorer, dataset, args.output, args.candidates_column, args.chunk_size, not args.no_progress)
     except (ValueError, OSError) as err:
         print(f"{SCORE_PROG}: error: {err}", file=sys.stderr)
