@@ -33,7 +33,9 @@ from tests.engines.cells import BF16_CELLS, CELLS, LOGIT_INPUTS, SAVE_AT
 from tests.test_distributed import ACCELERATE, REPO, _env, _free_port
 from trl_likelihood.backspace import add_backspace_token
 
-pytestmark = pytest.mark.slow
+# The module fixture launches every engine (about 430 s on an idle 2-core machine, counted in the first test): the
+# timeout is three times that, so a loaded host still finishes it.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1500)]
 
 CONFIGS = os.path.join(REPO, "trainers", "accelerate_configs")
 ENGINES = ("ddp", "zero2", "zero3", "fsdp2")
