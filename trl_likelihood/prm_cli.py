@@ -52,15 +52,7 @@ def make_parser() -> argparse.ArgumentParser:
 
 def _splits(args: argparse.Namespace) -> tuple[Any, Any]:
     """The evaluated split and the dev split (``None`` with ``--threshold``)."""
-    from .cli import load_data_file_or_hub
-
-    source = SimpleNamespace(
-        dataset_name=args.dataset_name, dataset_config=args.dataset_config, dataset_streaming=False
-    )
-    splits = load_data_file_or_hub(source)
-    name = args.split or ("test" if "test" in splits else next(iter(splits)) if len(splits) == 1 else None)
-    if name not in splits:
-        raise ValueError(f"{args.dataset_name} has splits {list(splits)}; name the one to evaluate with --split.")
+    splits, name = _named_split(args, "evaluate")
     if args.dev_split is not None:
         if args.dev_split not in splits:
             raise ValueError(f"--dev_split {args.dev_split!r} is not a split of {args.dataset_name} ({list(splits)}).")
@@ -107,7 +99,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def make_score_parser() -> argparse.ArgumentParser:
     parser = _prm_and_data_parser(SCORE_PROG, __doc__.split("\n\n")[3], "Rows of prompt + candidates")
-    parser.add_argument("--split", default=None, help="Split to score (default: the only one, else 'test').")
+    parser.add_argument("--split", default=None, help="Split to score (default: 'test' if any, else the only one).")
     parser.add_argument("--output", required=True, help="Where the scores go: a .jsonl or .parquet file.")
     parser.add_argument("--candidates_column", default="completions", help="The column of the N candidates.")
     parser.add_argument("--chunk_size", type=int, default=256, help="Rows written at a time (what a crash loses).")
@@ -138,14 +130,22 @@ def score_main(argv: Sequence[str] | None = None) -> int:
 
 
 def _one_split(args: argparse.Namespace) -> Any:
+    splits, name = _named_split(args, "score")
+    return splits[name]
+
+
+def _named_split(args: argparse.Namespace, purpose: str) -> tuple[Any, str]:
+    """The dataset's splits and the one ``--split`` names: by default ``test`` if there is one, else the only one."""
     from .cli import load_data_file_or_hub
 
-    source = SimpleNamespace(dataset_name=args.dataset_name, dataset_config=args.dataset_config)
-    splits = load_data_file_or_hub(SimpleNamespace(**vars(source), dataset_streaming=False))
-    name = args.split or (next(iter(splits)) if len(splits) == 1 else "test")
+    source = SimpleNamespace(
+        dataset_name=args.dataset_name, dataset_config=args.dataset_config, dataset_streaming=False
+    )
+    splits = load_data_file_or_hub(source)
+    name = args.split or ("test" if "test" in splits else next(iter(splits)) if len(splits) == 1 else None)
     if name not in splits:
-        raise ValueError(f"{args.dataset_name} has splits {list(splits)}; name the one to score with --split.")
-    return splits[name]
+        raise ValueError(f"{args.dataset_name} has splits {list(splits)}; name the one to {purpose} with --split.")
+    return splits, name
 
 
 if __name__ == "__main__":
