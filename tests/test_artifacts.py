@@ -128,7 +128,7 @@ def test_public_training_args_scrub_credentials_at_any_depth():
     """Credentials by name in nested dicts and lists, and token-shaped strings under any name, are blanked; token
     settings that are not credentials (SFT's ``eos_token``) and everything else stay."""
     from trl_likelihood import MixCEConfig
-    from trl_likelihood.trainers.base import public_training_args
+    from trl_likelihood.trainers.publishing import public_training_args
 
     args = MixCEConfig(
         "/home/someone/run",

@@ -9,7 +9,7 @@ import pytest
 
 from tests.conftest import cpu_args
 from trl_likelihood import DDOConfig, ImplicitPRMConfig, MixCEConfig, SequenceMatchConfig
-from trl_likelihood.trainers.base import MicroBatchIndex
+from trl_likelihood.trainers.micro_batch import MicroBatchIndex
 
 WHOLE_SEQUENCES = {DDOConfig: "DDO scores whole sequences", SequenceMatchConfig: "SequenceMatch builds its own states"}
 

@@ -109,7 +109,7 @@ def test_prm_reward_is_beta_times_completion_logratio(tiny_model_dir, unpaired, 
     batch = trainer._prepare_inputs(trainer.data_collator([trainer.train_dataset[i] for i in range(3)]))
     trainer.model.eval()
     trainer.compute_loss(trainer.model, dict(batch))
-    got = trainer._rewards["eval"][-1][:, 0]
+    got = trainer._window("eval").rows[-1][:, 0]  # (reward, label) per response
 
     def naive(model):
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.float()

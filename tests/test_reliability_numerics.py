@@ -19,7 +19,7 @@ from safetensors.torch import load_file
 
 from tests.reliability import CASES, weights
 from tests.tiny import CORPUS
-from trl_likelihood.trainers.base import FiniteLossGuard
+from trl_likelihood.trainers.guards import FiniteLossGuard
 
 ONE_STEP = dict(max_steps=1, per_device_train_batch_size=4, learning_rate=1e-2)
 

@@ -140,7 +140,7 @@ def test_logits_at_init_are_a_plain_forward_at_the_step_ends(tiny_model_dir, tok
     trainer.model.eval()
     with torch.no_grad():
         loss = trainer.compute_loss(trainer.model, dict(batch))
-    recorded = trainer._steps["eval"][-1]  # (log-odds, label) per step, padded rows labelled -1
+    recorded = trainer._window("eval").rows[-1]  # (log-odds, label) per step, padded rows labelled -1
     recorded = recorded[recorded[:, 1] >= 0]
     logodds, labels, picked = [], [], []
     for i in range(3):

@@ -43,11 +43,12 @@ TESTED_TRL = ("1.16",)
 # ``Trainer._signature_columns`` (implicit PRM), ``SFTTrainer._metrics`` / ``_total_train_tokens`` / ``_tp_size``
 # (``metrics_store``, ``record_sft_metrics``).
 PRIVATE_METHODS: dict[str, tuple[str, ...]] = {
-    "transformers.Trainer._save": ("self", "output_dir", "state_dict"),  # base.CardMixin, sequencematch: card, rows
-    "transformers.Trainer._push_from_checkpoint": ("self", "checkpoint_folder"),  # base.CardMixin: public args
+    # _save: base.CardMixin (card), publishing.PublicSaves (public args), checkpoints (method settings), sequencematch
+    "transformers.Trainer._save": ("self", "output_dir", "state_dict"),
+    "transformers.Trainer._push_from_checkpoint": ("self", "checkpoint_folder"),  # publishing.PublicSaves
     "transformers.Trainer._save_checkpoint": ("self", "model", "trial"),  # checkpoints: disk-full, no local paths
     "transformers.Trainer._get_output_dir": ("self", "trial"),  # checkpoints: the folder a failed save names
-    "transformers.Trainer._prepare_inputs": ("self", "inputs"),  # base.LossOnlyEvaluation.prediction_step
+    "transformers.Trainer._prepare_inputs": ("self", "inputs"),  # implicit PRM: the reference's precomputed batches
     "transformers.Trainer._set_signature_columns_if_needed": ("self",),  # implicit PRM: its extra columns
     "trl.SFTTrainer._prepare_dataset": (  # implicit PRM: pairs tokenised side by side; prepare_sft_dataset
         "self",

@@ -49,7 +49,7 @@ from trl import (
 
 from .data import hub_dataset_id, load_training_dataset
 from .methods import METHODS, PROG
-from .trainers.base import check_model_path
+from .trainers.config_checks import check_model_path
 
 if TYPE_CHECKING:
     from .trainers import MixCEConfig, MixCETrainer

@@ -127,6 +127,11 @@ class CompleteCheckpoints:
         if self.args.should_save:
             write_method_settings(folder, self.method_settings())
 
+    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+        super()._save(output_dir, state_dict)
+        if self.args.should_save:  # next to every saved model: what `ImplicitPRM`/`StepwisePRM` read back
+            write_method_settings(output_dir or self.args.output_dir, self.method_settings())
+
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
         super().save_model(output_dir, _internal_call)
         if _internal_call and output_dir and os.path.basename(output_dir).startswith(f"{PREFIX_CHECKPOINT_DIR}-"):

@@ -52,15 +52,11 @@ from ..losses import IGNORE_INDEX, ddo_loss
 from ..methods import METHODS
 from ..modeling import stop_and_pad_ids, unwrap_ddp
 from ..ratio import adapter_disabled, build_reference, token_logps, trainable_snapshot, weights_swapped
-from .base import (
-    CardMixin,
-    LossOnlyEvaluation,
-    MicroBatchIndex,
-    check_config_fields,
-    check_sft_loss_fields,
-    resolve_args,
-)
+from .base import MethodTrainer
 from .checkpoints import CheckpointedMethodState
+from .config_checks import check_config_fields, check_sft_loss_fields, resolve_args
+from .guards import LossOnlyEvaluation
+from .micro_batch import MicroBatchIndex
 
 logger = get_logger(__name__)
 ROUND_STATE = "ddo_round.pt"  # in every checkpoint: the round index and its reference's weights (None in round 1)
@@ -181,10 +177,11 @@ def length_mismatch_advice(
     )
 
 
-class DDOTrainer(CheckpointedMethodState, CardMixin, LossOnlyEvaluation, SFTTrainer):
+class DDOTrainer(CheckpointedMethodState, MethodTrainer, LossOnlyEvaluation, SFTTrainer):
     """[`~trl.SFTTrainer`] on the same data, trained with DDO against reference samples; self-play rounds."""
 
     _name = "DDO"
+    _metric_prefix = "ddo"
     _tag_names = ["trl", "trl-likelihood", "ddo"]
     _paper = {"title": "Direct Discriminative Optimization", "id": "2503.01103", "citation": DDO_CITATION}
     _card_template = METHODS["ddo"].card_template
@@ -219,8 +216,6 @@ class DDOTrainer(CheckpointedMethodState, CardMixin, LossOnlyEvaluation, SFTTrai
         self._ref_snapshot: dict[str, torch.Tensor] | None = None  # PEFT, rounds >= 2: the reference's weights
         self._pool: dict[tuple[int, ...], list[int]] = {}
         self._micro_index = MicroBatchIndex()
-        self._rows = {"train": [], "eval": []}
-        self._times = {"sampling": 0.0, "step": 0.0}
         self._eos, self._pad = stop_and_pad_ids(self.model, self.processing_class)
 
     # ------------------------------------------------------------------ rounds
@@ -293,7 +288,7 @@ class DDOTrainer(CheckpointedMethodState, CardMixin, LossOnlyEvaluation, SFTTrai
             self._start_round(target)
         start = time.perf_counter()
         loss = super().training_step(model, inputs, num_items_in_batch)
-        self._times["step"] += time.perf_counter() - start
+        self.record_totals("train", step_seconds=time.perf_counter() - start)
         return loss
 
     @torch.no_grad()
@@ -369,7 +364,7 @@ class DDOTrainer(CheckpointedMethodState, CardMixin, LossOnlyEvaluation, SFTTrai
                 sync_ranks=lockstep,
             )
             if mode == "train":
-                self._times["sampling"] += time.perf_counter() - start
+                self.record_totals(mode, sampling_seconds=time.perf_counter() - start)
             for i, (prompt, completion) in zip(todo, samples.rows()):
                 out[i] = (prompt, completion)
                 if self.args.fake_pool == "round" and mode == "train":
@@ -395,37 +390,28 @@ class DDOTrainer(CheckpointedMethodState, CardMixin, LossOnlyEvaluation, SFTTrai
             policy[:n_real], reference[:n_real], policy[n_real:], reference[n_real:], self.args.alpha, self.args.beta
         )
         delta = (policy.detach() - reference).float()
-        per_row = torch.stack([delta[:n_real], delta[n_real:], lengths[:n_real], lengths[n_real:]], 1)  # (B, 4)
-        self._rows[mode].append(self.accelerator.gather_for_metrics(per_row).cpu())
+        self.record_rows(mode, torch.stack([delta[:n_real], delta[n_real:], lengths[:n_real], lengths[n_real:]], 1))
         return (loss, None) if return_outputs else loss
 
     def reset_metrics(self, mode: str) -> None:
         super().reset_metrics(mode)
-        self._rows[mode] = []
         self._micro_index.reset()
 
-    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
-        mode = "train" if self.model.training else "eval"
-        if self._rows[mode]:
-            store = _compat.metrics_store(self, mode)
-            for key, value in ddo_metrics(torch.cat(self._rows[mode]), self.args.beta).items():
-                store[f"ddo/{key}"] = [value]
-            store["ddo/round"] = [self._round + 1]
-            if mode == "train" and self._times["step"] > 0:
-                store["ddo/sampling_time_share"] = [self._times["sampling"] / self._times["step"]]
-            advice = length_mismatch_advice(
-                store["ddo/fake_length"][0],
-                store["ddo/real_length"][0],
-                self.args.max_new_tokens,
-                self.args.length_normalize,
-            )
-            if advice and not self._length_warned:
-                logger.warning(advice)
-                self._length_warned = True  # once a run: the cause does not change from one log to the next
-        self._rows[mode] = []
-        if mode == "train":  # an evaluation log must not cut the training window the sampling share covers
-            self._times = {"sampling": 0.0, "step": 0.0}
-        super().log(logs, start_time)
+    def window_metrics(self, mode, rows, means, totals):
+        """``ddo_metrics`` of the window's (real, fake) rows, the round, and the share of training time spent
+        sampling; the first window whose lengths call for it says once why fakes and data differ in length."""
+        if rows is None:
+            return means
+        metrics = {**means, **ddo_metrics(rows, self.args.beta), "round": self._round + 1}
+        if totals.get("step_seconds", 0) > 0:
+            metrics["sampling_time_share"] = totals.get("sampling_seconds", 0.0) / totals["step_seconds"]
+        advice = length_mismatch_advice(
+            metrics["fake_length"], metrics["real_length"], self.args.max_new_tokens, self.args.length_normalize
+        )
+        if advice and not self._length_warned:
+            logger.warning(advice)
+            self._length_warned = True  # once a run: the cause does not change from one log to the next
+        return metrics
 
     # ------------------------------------------------------------------ card
     def card_hyperparameters(self) -> dict[str, Any]:

@@ -35,7 +35,9 @@ from ..metrics import binary_auroc
 from ..modeling import eval_mode
 from ..prm_data import LABEL_COLUMN, prepare_prm_dataset
 from ..ratio import Reference, build_reference, token_logps
-from .base import CardMixin, LossOnlyEvaluation, check_config_fields, resolve_args
+from .base import MethodTrainer
+from .config_checks import check_config_fields, resolve_args
+from .guards import LossOnlyEvaluation
 
 IMPLICIT_PRM_CITATION = """\
 @article{yuan2024implicitprm,
@@ -138,10 +140,11 @@ class PRMCollator:
         return batch
 
 
-class ImplicitPRMTrainer(CardMixin, LossOnlyEvaluation, SFTTrainer):
+class ImplicitPRMTrainer(MethodTrainer, LossOnlyEvaluation, SFTTrainer):
     """Trains an implicit PRM on outcome labels. Replaces ``KTOTrainer`` (unpaired) or ``DPOTrainer`` (pairs)."""
 
     _name = "Implicit PRM"
+    _metric_prefix = "prm"
     _tag_names = ["trl", "trl-likelihood", "implicit-prm", "process-reward-model"]
     _paper = {
         "title": "Free Process Rewards without Process Labels",
@@ -173,7 +176,6 @@ class ImplicitPRMTrainer(CardMixin, LossOnlyEvaluation, SFTTrainer):
         if args.disable_dropout:
             _compat.disable_dropout_in_model(self.model)
         self.reference = build_reference(self, ref_model)
-        self._rewards = {"train": [], "eval": []}
         if args.precompute_ref_log_probs:
             self._precompute_reference_logps()
 
@@ -256,23 +258,15 @@ class ImplicitPRMTrainer(CardMixin, LossOnlyEvaluation, SFTTrainer):
         rewards = torch.stack([beta * (policy.detach() - ref), labels.to(policy)], 1)  # (rows, 2)
         # One row per example for `gather_for_metrics` (it trims the padded last batch by examples): a pair is 1 row.
         per_example = rewards if self.args.loss_type == "ce" else torch.cat(rewards.chunk(2), 1)
-        gathered = self.accelerator.gather_for_metrics(per_example)
-        self._rewards[mode].append(gathered if self.args.loss_type == "ce" else torch.cat(gathered.chunk(2, 1)))
+        self.record_rows(mode, per_example)
         return (loss, None) if return_outputs else loss
 
-    def reset_metrics(self, mode: str) -> None:
-        super().reset_metrics(mode)
-        self._rewards[mode] = []
-
-    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
-        mode = "train" if self.model.training else "eval"
-        if self._rewards[mode]:
-            rewards, labels = torch.cat(self._rewards[mode]).float().cpu().unbind(1)
-            store = _compat.metrics_store(self, mode)
-            for key, value in reward_metrics(rewards, labels.bool(), self.args.loss_type).items():
-                store[f"prm/{key}"] = [value]
-        self._rewards[mode] = []
-        super().log(logs, start_time)
+    def window_metrics(self, mode, rows, means, totals):
+        """``reward_metrics`` over the window's responses (a pair's row holds both of its responses)."""
+        if rows is None:
+            return means
+        rewards, labels = (rows if self.args.loss_type == "ce" else torch.cat(rows.chunk(2, 1))).float().unbind(1)
+        return {**means, **reward_metrics(rewards, labels.bool(), self.args.loss_type)}
 
     def card_hyperparameters(self) -> dict[str, Any]:
         return {"beta": self.args.beta, "loss_type": self.args.loss_type, "step_separator": self.args.step_separator}

@@ -30,7 +30,8 @@ from .. import _compat
 from ..data import checked_sft_datasets
 from ..losses import mixce_token_loss
 from ..methods import METHODS
-from .base import CardMixin, check_config_fields, check_sft_loss_fields, resolve_args
+from .base import MethodTrainer
+from .config_checks import check_config_fields, check_sft_loss_fields, resolve_args
 
 MIXCE_CITATION = """\
 @inproceedings{zhang2023mixce,
@@ -70,10 +71,11 @@ class MixCEConfig(SFTConfig):
             raise ValueError("`label_smoothing_factor` is not supported by MixCE; set it to 0.")
 
 
-class MixCETrainer(CardMixin, SFTTrainer):
+class MixCETrainer(MethodTrainer, SFTTrainer):
     """[`~trl.SFTTrainer`] trained with MixCE. Data, collator, PEFT, packing, logging and checkpoints are SFT's."""
 
     _name = "MixCE"
+    _metric_prefix = "mixce"
     _tag_names = ["trl", "trl-likelihood", "mixce"]
     _paper = {"title": "MixCE", "id": "2305.16958", "citation": MIXCE_CITATION}
     _card_template = METHODS["mixce"].card_template
@@ -84,8 +86,6 @@ class MixCETrainer(CardMixin, SFTTrainer):
             train_dataset, eval_dataset, args, kwargs.get("processing_class")
         )
         super().__init__(model, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset, **kwargs)
-        # Exact corpus-level NLL: token sums and counts, gathered across processes, reset at each log.
-        self._nll_totals = {mode: torch.zeros(2, dtype=torch.float64) for mode in ("train", "eval")}
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         mode = "train" if self.model.training else "eval"
@@ -98,9 +98,8 @@ class MixCETrainer(CardMixin, SFTTrainer):
         if self.args.average_tokens_across_devices and num_items_in_batch is not None:
             loss = loss * (self.accelerator.num_processes // self.get_tp_size())
 
-        # Per-row sums, so `gather_for_metrics` can drop the rows accelerate repeats to even out the last eval batch.
-        per_row = torch.stack([-outputs.log_probs.detach().float().sum(-1), mask.sum(-1).float()], 1)
-        self._nll_totals[mode] += self.accelerator.gather_for_metrics(per_row).sum(0).double().cpu()
+        # Exact corpus-level NLL from per-row token sums and counts (see `window_metrics`).
+        self.record_rows(mode, torch.stack([-outputs.log_probs.detach().float().sum(-1), mask.sum(-1).float()], 1))
         _compat.record_sft_metrics(self, inputs, outputs, mode)
         if return_outputs:
             with torch.no_grad():
@@ -108,20 +107,15 @@ class MixCETrainer(CardMixin, SFTTrainer):
                 outputs = model(**logits_inputs)
         return (loss, outputs) if return_outputs else loss
 
-    def reset_metrics(self, mode: str) -> None:
-        super().reset_metrics(mode)
-        self._nll_totals[mode].zero_()
-
-    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
-        mode = "train" if self.model.training else "eval"
-        nll_sum, count = self._nll_totals[mode].tolist()
-        if count > 0:
-            nll = nll_sum / count
-            _compat.metrics_store(self, mode)["mixce/forward_nll"] = [nll]
-            if mode == "eval":
-                _compat.metrics_store(self, mode)["mixce/perplexity"] = [math.exp(min(nll, 700.0))]
-        self._nll_totals[mode].zero_()
-        super().log(logs, start_time)
+    def window_metrics(self, mode, rows, means, totals):
+        """The exact corpus-level NLL of the window (token sums over token counts); its perplexity in evaluation."""
+        nll_sum, count = rows.double().sum(0).tolist() if rows is not None else (0.0, 0.0)
+        if count == 0:
+            return means
+        metrics = {**means, "forward_nll": nll_sum / count}
+        if mode == "eval":
+            metrics["perplexity"] = math.exp(min(metrics["forward_nll"], 700.0))
+        return metrics
 
     def card_hyperparameters(self) -> dict[str, Any]:
         return {"eta": self.args.eta}

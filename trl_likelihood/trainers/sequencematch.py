@@ -65,16 +65,11 @@ from ..losses import IGNORE_INDEX, action_nll, sequence_nll, sequencematch_loss
 from ..methods import METHODS
 from ..modeling import stop_and_pad_ids
 from ..states import state_logits, states_batch
-from .base import (
-    CardMixin,
-    DeviceMetrics,
-    LossOnlyEvaluation,
-    MicroBatchIndex,
-    check_config_fields,
-    check_sft_loss_fields,
-    resolve_args,
-)
+from .base import MethodTrainer
 from .checkpoints import CheckpointedMethodState
+from .config_checks import check_config_fields, check_sft_loss_fields, resolve_args
+from .guards import LossOnlyEvaluation
+from .micro_batch import MicroBatchIndex
 
 logger = get_logger(__name__)
 BUFFER_STATE = "sequencematch_buffer_rank{rank}.pt"  # in each checkpoint: this process's replay buffer
@@ -194,7 +189,7 @@ def _refuse_a_stream_it_must_index(train_dataset: Any, args: SequenceMatchConfig
         )
 
 
-class SequenceMatchTrainer(CheckpointedMethodState, DeviceMetrics, CardMixin, LossOnlyEvaluation, SFTTrainer):
+class SequenceMatchTrainer(CheckpointedMethodState, MethodTrainer, LossOnlyEvaluation, SFTTrainer):
     """[`~trl.SFTTrainer`] on the same data, trained with SequenceMatch: ``<bkspc>``, noise, on-policy rollouts."""
 
     _name = "SequenceMatch"
@@ -357,11 +352,13 @@ class SequenceMatchTrainer(CheckpointedMethodState, DeviceMetrics, CardMixin, Lo
             )
         self.buffer = (self.buffer + samples.trajectories())[-self.args.replay_buffer_size :]
         actions = [a for row in samples.actions for a in row]
-        store = _compat.metrics_store(self, "train")
-        store["sequencematch/rollout_backspace_rate"].append(
-            sum(a == self.bkspc_id for a in actions) / max(len(actions), 1)
+        rate, length = sum(a == self.bkspc_id for a in actions) / max(len(actions), 1), len(actions)
+        device = self.accelerator.device
+        self.record_means(
+            "train",
+            rollout_backspace_rate=torch.tensor(rate, device=device),
+            rollout_length=torch.tensor(length / max(len(samples.actions), 1), device=device),
         )
-        store["sequencematch/rollout_length"].append(len(actions) / max(len(samples.actions), 1))
 
     def _rollouts(self, micro: int) -> list[Trajectory]:
         count = self.args.rollouts_per_step
@@ -419,7 +416,7 @@ class SequenceMatchTrainer(CheckpointedMethodState, DeviceMetrics, CardMixin, Lo
         if not with_sm:  # BC on the data rows (a slice only when rollouts came along: it costs a full-size copy)
             keep = slice(None) if not rollouts else slice(n_data)
             bc = action_nll(logits[keep], batch["actions"][keep], batch["action_mask"][keep], reduction="sequence")
-            self.record_metrics(mode, bc_loss=bc)
+            self.record_means(mode, bc_loss=bc)
             return bc
         is_data = torch.arange(len(trajectories), device=logits.device) < n_data
         terms = sequencematch_loss(
@@ -438,7 +435,7 @@ class SequenceMatchTrainer(CheckpointedMethodState, DeviceMetrics, CardMixin, Lo
         bc = sequence_nll(terms.action_logps[:n_data], batch["action_mask"][:n_data])  # Q - V of this pass
         loss = (1 - self.args.sm_weight) * bc + self.args.sm_weight * terms.loss
         names = ("linear", "value", "chi2", "expert_reward", "rollout_reward")
-        self.record_metrics(mode, bc_loss=bc, **{name: getattr(terms, name) for name in names}, sm_loss=terms.loss)
+        self.record_means(mode, bc_loss=bc, **{name: getattr(terms, name) for name in names}, sm_loss=terms.loss)
         return loss
 
     def reset_metrics(self, mode: str) -> None:

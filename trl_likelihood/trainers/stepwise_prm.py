@@ -54,7 +54,8 @@ from ..methods import METHODS
 from ..metrics import binary_auroc
 from ..stepwise_data import STEPWISE_COLUMNS, check_stepwise_row, validate_stepwise_dataset
 from ..stepwise_prm import stepwise_labels, tokenize_stepwise
-from .base import CardMixin, check_config_fields, resolve_args
+from .base import MethodTrainer
+from .config_checks import check_config_fields, resolve_args
 
 STEPWISE_PRM_CITATION = """\
 @article{uesato2022solving,
@@ -265,10 +266,12 @@ def _with_adapter(model: torch.nn.Module, peft_config: Any, args: StepwisePRMCon
     return model
 
 
-class StepwisePRMTrainer(CardMixin, _TokenisedStepwiseData, Trainer):
+class StepwisePRMTrainer(MethodTrainer, _TokenisedStepwiseData, Trainer):
     """Trains a token-classification PRM on TRL's stepwise supervision (``prompt``, ``completions``, ``labels``)."""
 
     _name = "Stepwise PRM"
+    _metric_prefix = "prm"
+    _parent_logs_metrics_store = False  # a plain `Trainer`: `MethodMetrics.log` averages the store itself
     _tag_names = ["trl", "trl-likelihood", "stepwise-prm", "process-reward-model"]
     _paper = {
         "title": "Solving Math Word Problems With Process- and Outcome-Based Feedback",
@@ -316,8 +319,7 @@ class StepwisePRMTrainer(CardMixin, _TokenisedStepwiseData, Trainer):
             **kwargs,
         )
         self.model_accepts_loss_kwargs = True  # Trainer then counts the labelled steps of each accumulated batch
-        self._metrics = {"train": defaultdict(list), "eval": defaultdict(list)}
-        self._steps: dict[str, list[torch.Tensor]] = {"train": [], "eval": []}
+        self._metrics = {"train": defaultdict(list), "eval": defaultdict(list)}  # where TRL's trainers keep theirs
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         mode = "train" if self.model.training else "eval"
@@ -340,26 +342,16 @@ class StepwisePRMTrainer(CardMixin, _TokenisedStepwiseData, Trainer):
         row_index = torch.arange(labels.shape[0], device=labels.device)[:, None].expand_as(labels)
         rows[row_index[mask], slot[mask]] = torch.stack([logodds[mask], labels[mask].float()], -1)
         rows = self.accelerator.pad_across_processes(rows, dim=1, pad_index=-1)
-        self._steps[mode].append(self.accelerator.gather_for_metrics(rows).reshape(-1, 2))
+        self.record_rows(mode, rows)
 
-    def reset_metrics(self, mode: str) -> None:
-        super().reset_metrics(mode)
-        self._steps[mode] = []
-
-    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
-        mode = "train" if self.model.training else "eval"
-        if self._steps[mode]:
-            steps = torch.cat(self._steps[mode]).float().cpu()
-            logodds, labels = steps[steps[:, 1] >= 0].unbind(1)
-            if len(labels):
-                self._metrics[mode]["prm/step_accuracy"] = [((logodds > 0) == labels.bool()).float().mean().item()]
-                self._metrics[mode]["prm/step_auroc"] = [binary_auroc(logodds, labels.bool())]
-        self._steps[mode] = []
-        metrics = {key: sum(values) / len(values) for key, values in self._metrics[mode].items()}
-        if mode == "eval":
-            metrics = {f"eval_{key}": value for key, value in metrics.items()}
-        super().log({**logs, **metrics}, start_time)
-        self._metrics[mode].clear()
+    def window_metrics(self, mode, rows, means, totals):
+        """Step accuracy (the sign of the log-odds) and step AUROC over the window's labelled steps."""
+        steps = rows[rows[:, 1] >= 0].float() if rows is not None else torch.empty(0, 2)
+        if not len(steps):
+            return means
+        logodds, labels = steps[:, 0], steps[:, 1].bool()
+        accuracy = ((logodds > 0) == labels).float().mean().item()
+        return {**means, "step_accuracy": accuracy, "step_auroc": binary_auroc(logodds, labels)}
 
     def card_hyperparameters(self) -> dict[str, Any]:
         return {
