@@ -1,8 +1,8 @@
 """Every trainer under every engine, for real: DDP, DeepSpeed ZeRO-2, strict ZeRO-3 and FSDP2, 2 CPU processes (gloo).
 
 One ``accelerate launch`` per engine trains every cell of ``tests/engines/cells.py`` (each trainer, full and LoRA,
-each reference source; DDO over 2 rounds, SequenceMatch with rollouts) from the shipped launch configs
-(``trainers/accelerate_configs``), then checks per cell:
+the stepwise PRM's token classifier too, each reference source; DDO over 2 rounds, SequenceMatch with rollouts) from
+the shipped launch configs (``trainers/accelerate_configs``), then checks per cell:
 
 - the engine was really built (accelerate falls back to DDP silently): ZeRO-3 parameters are partitioned, FSDP2's are
   DTensors, and a frozen reference model is sharded the same way;
@@ -27,7 +27,7 @@ import pytest
 import torch
 import yaml
 from peft import PeftModel
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoModelForCausalLM, AutoModelForTokenClassification, AutoTokenizer, set_seed
 
 from tests.engines.cells import BF16_CELLS, CELLS, LOGIT_INPUTS, SAVE_AT
 from tests.test_distributed import ACCELERATE, REPO, _env, _free_port
@@ -124,22 +124,34 @@ def _check_engine(facts: dict, engine: str) -> None:
         assert facts["reference_sharded"] == sharded, facts
 
 
+def _model_class(cell: str) -> type:
+    return AutoModelForTokenClassification if CELLS[cell].method == "stepwise_prm" else AutoModelForCausalLM
+
+
 def _reload(folder: str, cell: str) -> torch.nn.Module:
     """The saved artifact, loaded as a user would in one process."""
     tokenizer = AutoTokenizer.from_pretrained(folder)
     if not CELLS[cell].lora:
-        return AutoModelForCausalLM.from_pretrained(folder).eval(), tokenizer
+        return _model_class(cell).from_pretrained(folder).eval(), tokenizer
     config = json.load(open(os.path.join(folder, "adapter_config.json")))
-    base = AutoModelForCausalLM.from_pretrained(config["base_model_name_or_path"])
+    base = _model_class(cell).from_pretrained(config["base_model_name_or_path"], **_head(cell))
     if CELLS[cell].method == "sequencematch":
         add_backspace_token(base, tokenizer)  # the card's reload recipe
     return PeftModel.from_pretrained(base, folder).eval(), tokenizer
 
 
-def _untrained_logits(model_dir: str, ids: torch.Tensor, vocab: int) -> torch.Tensor:
+def _head(cell: str) -> dict:
+    """The stepwise PRM's 2-label head, drawn as its trainer draws it (from the run's seed)."""
+    if CELLS[cell].method != "stepwise_prm":
+        return {}
+    set_seed(CELLS[cell].args("unused").seed)  # transformers' own, as the trainer calls it
+    return {"num_labels": 2}
+
+
+def _untrained_logits(model_dir: str, ids: torch.Tensor, cell: str) -> torch.Tensor:
     """The initial model's logits (SequenceMatch's trained model has one more column, its <bkspc>)."""
     with torch.no_grad():
-        return AutoModelForCausalLM.from_pretrained(model_dir)(input_ids=ids).logits.float()
+        return _model_class(cell).from_pretrained(model_dir, **_head(cell))(input_ids=ids).logits.float()
 
 
 @pytest.mark.parametrize("cell", list(CELLS))
@@ -162,7 +174,7 @@ def test_engine_cell(runs, tiny_model_dir, engine, cell):
     with torch.no_grad():
         logits = model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits.float()
     torch.testing.assert_close(logits, torch.load(os.path.join(folder, "logits.pt")), atol=1e-4, rtol=1e-4)
-    untrained = _untrained_logits(tiny_model_dir, ids, logits.size(-1))
+    untrained = _untrained_logits(tiny_model_dir, ids, cell)
     assert (logits[..., : untrained.size(-1)] - untrained).abs().max() > 1e-3  # the saved weights are the trained ones
 
     if CELLS[cell].method == "ddo":  # round 2 started at step 1: checkpoint-2 holds its reference, gathered

@@ -497,3 +497,21 @@ def test_two_cpu_processes_equal_one_with_twice_the_batch(tiny_model_dir, tmp_pa
     assert len(labels) == 14  # 3 + 2 + 4 + 2 + 3 steps, each once
     assert evaluation["eval_prm/step_accuracy"] == pytest.approx(((logodds > 0) == labels).float().mean().item())
     assert evaluation["eval_prm/step_auroc"] == pytest.approx(binary_auroc(logodds, labels))
+
+
+def test_all_linear_lora_leaves_the_head_to_full_training(tiny_model_dir, tmp_path):
+    """PEFT's "all-linear" counts the classifier head among its targets and then failed with "modules_to_save
+    cannot be applied to modules of type Linear" (found by the engine matrix); the head is left out of it."""
+    config = LoraConfig(r=4, lora_alpha=8, target_modules="all-linear")
+    trainer = StepwisePRMTrainer(tiny_model_dir, args=_args(tmp_path), train_dataset=_data(8), peft_config=config)
+    trainable = {n for n, p in trainer.model.named_parameters() if p.requires_grad}
+    assert any("mlp" in n and "lora_" in n for n in trainable)  # every linear layer of the body is adapted
+    assert any("score.modules_to_save" in n for n in trainable) and not any("score.lora" in n for n in trainable)
+    assert config.exclude_modules is None  # the user's config is not changed
+    trainer.train()
+
+
+def test_a_lora_target_naming_the_head_is_refused(tiny_model_dir, tmp_path):
+    config = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "score"])
+    with pytest.raises(ValueError, match="names the classifier head 'score'"):
+        StepwisePRMTrainer(tiny_model_dir, args=_args(tmp_path), train_dataset=_data(8), peft_config=config)

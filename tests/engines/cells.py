@@ -12,9 +12,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from datasets import Dataset
+
 from tests.conftest import cpu_args
 from tests.reliability import CASES, prm_rows, prompt_completion_rows
 from tests.tiny import CORPUS
+from trl_likelihood.trainers import StepwisePRMConfig, StepwisePRMTrainer
 
 STEPS, SAVE_AT, BATCH = 4, 2, 2
 
@@ -23,6 +26,28 @@ def LOGIT_INPUTS(tokenizer: Any) -> list[list[int]]:  # noqa: N802  (a constant-
     """Two fixed rows the trained and the reloaded model are both run on."""
     tok = getattr(tokenizer, "tokenizer", tokenizer)
     return [tok(CORPUS[i])["input_ids"][:10] for i in (0, 1)]
+
+
+def stepwise_rows(n: int = 16) -> Dataset:
+    """TRL's stepwise supervision from the corpus: two or three steps a row, the later ones sometimes wrong."""
+    rows = [CORPUS[i % len(CORPUS)].split(" ") * 3 for i in range(n)]  # short lines repeat: no empty step
+    steps = [[" ".join(w[1:3]), " ".join(w[3:5]), " ".join(w[5:7])][: 2 + i % 2] for i, w in enumerate(rows)]
+    return Dataset.from_dict(
+        {
+            "prompt": [w[0] for w in rows],
+            "completions": steps,
+            "labels": [[True] + [(i + j) % 3 != 0 for j in range(1, len(s))] for i, s in enumerate(steps)],
+        }
+    )
+
+
+def _case(method: str) -> Any:
+    """The ``tests.reliability`` case; the explicit stepwise PRM is none (its data and model head are its own)."""
+    if method == "stepwise_prm":
+        return dataclasses.replace(
+            CASES["mixce"], name=method, config_class=StepwisePRMConfig, trainer_class=StepwisePRMTrainer, config={}
+        )
+    return CASES[method]
 
 
 @dataclass(frozen=True)
@@ -37,7 +62,7 @@ class Cell:
     training: dict[str, Any] = field(default_factory=dict)
 
     def args(self, output_dir: str) -> Any:
-        case = CASES[self.method]
+        case = _case(self.method)
         training = cpu_args(
             **{
                 "max_steps": STEPS,
@@ -52,12 +77,13 @@ class Cell:
         return case.config_class(output_dir, **{**case.config, **self.settings}, **training)
 
     def trainer(self, model_dir: str, args: Any, peft_config: Any) -> Any:
-        case = CASES[self.method]
-        data: Callable[[], Any] = prm_rows if self.method == "implicit_prm" else prompt_completion_rows
+        data: Callable[[], Any] = {"implicit_prm": prm_rows, "stepwise_prm": stepwise_rows}.get(
+            self.method, prompt_completion_rows
+        )
         kwargs: dict[str, Any] = {"peft_config": peft_config}
         if self.reference == "model":
             kwargs["ref_model"] = model_dir
-        return case.trainer_class(model=model_dir, args=args, train_dataset=data(), **kwargs)
+        return _case(self.method).trainer_class(model=model_dir, args=args, train_dataset=data(), **kwargs)
 
     def with_settings(self, **settings: Any) -> Cell:
         return dataclasses.replace(self, settings={**self.settings, **settings})
@@ -80,6 +106,8 @@ CELLS: dict[str, Cell] = {
     "ddo-lora": Cell("ddo", lora=True, settings=_DDO),
     "sequencematch-full": Cell("sequencematch", lora=False, settings=_SM),
     "sequencematch-lora": Cell("sequencematch", lora=True, settings=_SM),
+    "stepwise-prm-full": Cell("stepwise_prm", lora=False),
+    "stepwise-prm-lora": Cell("stepwise_prm", lora=True),
 }
 
 # bf16 at theta = theta_ref (learning rate 0): the reference must run in the policy's precision under each engine's

@@ -251,6 +251,7 @@ def _with_adapter(model: torch.nn.Module, peft_config: Any, args: StepwisePRMCon
             f"`peft_config.task_type` must be 'TOKEN_CLS', got {peft_config.task_type!r}: "
             "only a token-classification adapter trains and saves the classifier head."
         )
+    peft_config = _head_not_adapted(model, peft_config)
     if getattr(model, "is_loaded_in_4bit", False) or getattr(model, "is_loaded_in_8bit", False):
         model = prepare_model_for_kbit_training(
             model, args.gradient_checkpointing, gradient_checkpointing_kwargs=args.gradient_checkpointing_kwargs
@@ -264,6 +265,29 @@ def _with_adapter(model: torch.nn.Module, peft_config: Any, args: StepwisePRMCon
     if args.gradient_checkpointing:
         model.enable_input_require_grads()
     return model
+
+
+def _head_not_adapted(model: torch.nn.Module, peft_config: Any) -> Any:
+    """The head is trained in full (``modules_to_save``), so no LoRA layer may wrap it: PEFT's ``"all-linear"``
+    counts a classifier's head among its targets and then fails with "modules_to_save cannot be applied to modules
+    of type Linear". The head is excluded from ``"all-linear"``; naming it as a target is refused."""
+    head = next((n for n in ("score", "classifier") if isinstance(getattr(model, n, None), torch.nn.Module)), None)
+    targets = peft_config.target_modules
+    if head is None:
+        return peft_config
+    if targets == "all-linear":
+        peft_config = copy.copy(peft_config)
+        excluded = peft_config.exclude_modules
+        if isinstance(excluded, str):
+            peft_config.exclude_modules = f"(?:{excluded})|{head}"
+        else:
+            peft_config.exclude_modules = sorted({*(excluded or ()), head})
+    elif not isinstance(targets, str) and head in (targets or ()):
+        raise ValueError(
+            f"`peft_config.target_modules` names the classifier head {head!r}, which a stepwise PRM adapter trains "
+            f"in full (`modules_to_save`); leave {head!r} out of `target_modules`."
+        )
+    return peft_config
 
 
 class StepwisePRMTrainer(MethodTrainer, _TokenisedStepwiseData, Trainer):
