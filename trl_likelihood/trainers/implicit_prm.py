@@ -47,6 +47,21 @@ IMPLICIT_PRM_CITATION = """\
 }"""
 
 _EXTRA_COLUMNS = [LABEL_COLUMN, "rejected_input_ids", "rejected_labels", "ref_logps", "rejected_ref_logps"]
+# A pair's row through its two tokenisation passes (chosen, then rejected), and back to the trainer's names.
+_TO_REJECTED_PASS = {
+    "input_ids": "chosen_input_ids",
+    "labels": "chosen_labels",
+    "completion": "chosen",
+    "rejected": "completion",
+}
+_PAIR_COLUMNS = {
+    "chosen_input_ids": "input_ids",
+    "chosen_labels": "labels",
+    "chosen": "completion",
+    "input_ids": "rejected_input_ids",
+    "labels": "rejected_labels",
+    "completion": "rejected",
+}
 
 
 @dataclass
@@ -219,23 +234,19 @@ class ImplicitPRMTrainer(CardMixin, LossOnlyEvaluation, SFTTrainer):
 
     # ------------------------------------------------------------------ data
     def _prepare_dataset(self, dataset, processing_class, args, packing, formatting_func, dataset_name):
+        """SFT's preparation. A pair stays one row: SFT's pipeline tokenises its chosen side (``completion``), then
+        its rejected side on the same rows, and a side truncated to nothing drops the pair."""
         if "rejected" not in (dataset.column_names or []):
             return super()._prepare_dataset(dataset, processing_class, args, packing, formatting_func, dataset_name)
-        chosen = _compat.prepare_sft_dataset(
-            self, dataset.remove_columns("rejected"), processing_class, args, f"{dataset_name} chosen"
+        pairs = _compat.prepare_sft_dataset(self, dataset, processing_class, args, f"{dataset_name} chosen")
+        pairs = _compat.prepare_sft_dataset(  # no second shuffle: the rows keep the chosen pass's order
+            self, pairs.rename_columns(_TO_REJECTED_PASS), processing_class, args, f"{dataset_name} rejected", False
         )
-        rejected = dataset.remove_columns("completion").rename_column("rejected", "completion")
-        rejected = _compat.prepare_sft_dataset(self, rejected, processing_class, args, f"{dataset_name} rejected")
-        by_pair = {
-            p: (ids, lab) for p, ids, lab in zip(rejected["prm_pair"], rejected["input_ids"], rejected["labels"])
-        }
-        chosen = chosen.filter(lambda ex: ex["prm_pair"] in by_pair)  # a side truncated to nothing drops the pair
-        if len(chosen) == 0:
+        if len(pairs) == 0:
             raise ValueError(
                 f"{dataset_name}: no pair has scorable tokens on both sides after truncation to max_length."
             )
-        chosen = chosen.add_column("rejected_input_ids", [by_pair[p][0] for p in chosen["prm_pair"]])
-        return chosen.add_column("rejected_labels", [by_pair[p][1] for p in chosen["prm_pair"]])
+        return pairs.rename_columns(_PAIR_COLUMNS)
 
     def _set_signature_columns_if_needed(self):
         super()._set_signature_columns_if_needed()
