@@ -245,6 +245,16 @@ def test_dpo_pairs_every_correct_with_every_incorrect():
     )  # prompt q has only correct responses: dropped
 
 
+def test_given_pairs_are_validated_as_the_pairs_returned():
+    pairs = {"prompt": ["p", "q"], "chosen": [" a", " b"], "rejected": [" c", ""]}
+    with pytest.raises(ValueError, match="column 'rejected', row 1: the prompt has no completion"):
+        to_pairs(Dataset.from_dict(pairs))
+    # with unpaired columns too, the pairs are what dpo trains on, so they are what is checked
+    with pytest.raises(ValueError, match="column 'rejected', row 1"):
+        to_pairs(Dataset.from_dict({**pairs, "completion": [" a", " b"], "label": [1, 0]}))
+    assert to_pairs(Dataset.from_dict(pairs).select([0])) == [{"prompt": "p", "chosen": " a", "rejected": " c"}]
+
+
 def test_prm_grouped_format_is_expanded(tiny_model_dir, tmp_path):
     ds = Dataset.from_dict(
         {"prompt": ["a cat", "a dog"], "completions": [[" runs", " sat"], [" red"]], "labels": [[True, False], [True]]}
