@@ -126,6 +126,54 @@ def test_prm_reward_is_beta_times_completion_logratio(tiny_model_dir, unpaired, 
     assert got.abs().max() > 1e-3  # the perturbation made the ratio non-zero
 
 
+def test_prm_pair_batch_layout_and_dpo_loss_by_hand(tiny_model_dir, tmp_path):
+    """A batch of pairs is side-major: the chosen responses, then the rejected ones in the same order, with labels and
+    stored reference log-probs alike; the loss is the pair loss by hand on those rows and the logged rewards keep a
+    pair's two rows together, chosen first."""
+    words = [(CORPUS[i].split(), CORPUS[i + 50].split()) for i in range(3)]  # cut at spaces: prompts tokenise alike
+    pairs = Dataset.from_dict(
+        {
+            "prompt": [" ".join(w[:2]) for w, _ in words],
+            "chosen": [" " + " ".join(w[2:7]) for w, _ in words],
+            "rejected": [" " + " ".join(v[2:5]) for _, v in words],
+        }
+    )
+    args = _args(tmp_path, "pairs", loss_type="dpo", beta=0.3, precompute_ref_log_probs=True)
+    trainer = ImplicitPRMTrainer(model=tiny_model_dir, args=args, train_dataset=pairs, peft_config=LoraConfig(**LORA))
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    batch = trainer._prepare_inputs(trainer.data_collator([trainer.train_dataset[i] for i in range(3)]))
+    for row, (side, ex) in enumerate((side, ex) for side in ("chosen", "rejected") for ex in pairs):
+        prompt_ids = tok(ex["prompt"])["input_ids"]
+        full = tok(ex["prompt"] + ex[side])["input_ids"] + [tok.eos_token_id]
+        assert batch["labels"][row][batch["labels"][row] != -100].tolist() == full[len(prompt_ids) :], (side, ex)
+    assert batch["prm_label"].tolist() == [1, 1, 1, 0, 0, 0]
+    torch.manual_seed(0)
+    for n, p in trainer.model.named_parameters():
+        if "lora_B" in n:
+            p.data.normal_(0, 0.5)
+    trainer.model.eval()
+    loss = trainer.compute_loss(trainer.model, dict(batch))
+
+    def naive(model):  # (6,) log-prob sums of the scored tokens, from full logits
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.float()
+        target = batch["labels"][:, 1:]
+        logp = torch.log_softmax(logits[:, :-1], -1).gather(-1, target.clamp(min=0)[..., None])[..., 0]
+        return (logp * (target != -100)).sum(-1)
+
+    with torch.no_grad():
+        policy = naive(trainer.model)
+        with trainer.model.disable_adapter():
+            ref = naive(trainer.model)
+    torch.testing.assert_close(batch["ref_logps"], ref, rtol=1e-4, atol=1e-5)  # stored in the same layout
+    reward = 0.3 * (policy - ref)
+    expected = -torch.nn.functional.logsigmoid(reward[:3] - reward[3:]).mean()
+    torch.testing.assert_close(loss, expected, rtol=1e-4, atol=1e-5)
+    assert (reward[:3] - reward[3:]).abs().max() > 1e-2  # the perturbation made the pairs differ
+    logged = trainer._window("eval").rows[-1]  # one pair after another: chosen, rejected
+    assert logged[:, 1].tolist() == [1, 0, 1, 0, 1, 0]
+    torch.testing.assert_close(logged[:, 0], torch.stack([reward[:3], reward[3:]], 1).flatten(), rtol=1e-4, atol=1e-5)
+
+
 def test_prm_precomputed_reference_trains_exactly_like_on_the_fly(tiny_model_dir, unpaired, tmp_path):
     runs = []
     for pre in (False, True):
@@ -195,6 +243,16 @@ def test_dpo_pairs_every_correct_with_every_incorrect():
     assert sorted((p["chosen"], p["rejected"]) for p in pairs) == sorted(
         (c, r) for c in "ab" for r in "cde"
     )  # prompt q has only correct responses: dropped
+
+
+def test_given_pairs_are_validated_as_the_pairs_returned():
+    pairs = {"prompt": ["p", "q"], "chosen": [" a", " b"], "rejected": [" c", ""]}
+    with pytest.raises(ValueError, match="column 'rejected', row 1: the prompt has no completion"):
+        to_pairs(Dataset.from_dict(pairs))
+    # with unpaired columns too, the pairs are what dpo trains on, so they are what is checked
+    with pytest.raises(ValueError, match="column 'rejected', row 1"):
+        to_pairs(Dataset.from_dict({**pairs, "completion": [" a", " b"], "label": [1, 0]}))
+    assert to_pairs(Dataset.from_dict(pairs).select([0])) == [{"prompt": "p", "chosen": " a", "rejected": " c"}]
 
 
 def test_prm_grouped_format_is_expanded(tiny_model_dir, tmp_path):

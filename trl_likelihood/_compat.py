@@ -6,6 +6,7 @@ moves something breaks this file and its test, nowhere else. Checked on TRL 1.16
 
 from __future__ import annotations
 
+import copy
 import os
 import shutil
 import tempfile
@@ -123,9 +124,15 @@ def sft_init_accepting_loss_type(args: Any) -> Iterator[None]:
         args.loss_type = own
 
 
-def prepare_sft_dataset(trainer: Any, dataset: Any, processing_class: Any, args: Any, dataset_name: str) -> Any:
+def prepare_sft_dataset(
+    trainer: Any, dataset: Any, processing_class: Any, args: Any, dataset_name: str, shuffle: bool = True
+) -> Any:
     """SFT's own tokenisation/truncation pipeline (``SFTTrainer._prepare_dataset``, TRL 1.16), without packing,
-    called directly so that a subclass that overrides ``_prepare_dataset`` can run it on parts of its data."""
+    called directly so that a subclass that overrides ``_prepare_dataset`` can run it on parts of its data.
+    ``shuffle=False`` leaves out its closing ``shuffle_dataset`` shuffle (for a second pass over the same rows)."""
+    if not shuffle and args.shuffle_dataset:
+        args = copy.copy(args)
+        args.shuffle_dataset = False
     return trl.SFTTrainer._prepare_dataset(trainer, dataset, processing_class, args, False, None, dataset_name)
 
 

@@ -80,12 +80,17 @@ def _grouped_rows(ex: dict, i: int, where: str) -> list[dict[str, Any]]:
     ]
 
 
-def _paired_rows(ex: dict, i: int, where: str) -> list[dict[str, Any]]:
+def _pair(ex: dict, i: int, where: str) -> dict[str, Any]:
     prompt = _prompt(ex["prompt"], i, where)
-    return [
-        _row(prompt, _response_like(prompt, ex["chosen"], "chosen", i, where), 1),
-        _row(prompt, _response_like(prompt, ex["rejected"], "rejected", i, where), 0),
-    ]
+    return {
+        "prompt": prompt,
+        **{side: _response_like(prompt, ex[side], side, i, where) for side in ("chosen", "rejected")},
+    }
+
+
+def _paired_rows(ex: dict, i: int, where: str) -> list[dict[str, Any]]:
+    pair = _pair(ex, i, where)
+    return [_row(pair["prompt"], pair["chosen"], 1), _row(pair["prompt"], pair["rejected"], 0)]
 
 
 def _stepwise_rows(ex: dict, i: int, where: str, step_separator: str) -> list[dict[str, Any]]:
@@ -97,10 +102,8 @@ def _stepwise_rows(ex: dict, i: int, where: str, step_separator: str) -> list[di
     ]
 
 
-def to_unpaired(
-    dataset: Dataset, where: str = "train_dataset", stepwise: bool | None = False, step_separator: str = "\n\n"
-) -> list[dict[str, Any]]:
-    """Rows ``{prompt, completion, prm_label}`` from any accepted format, validated row by row."""
+def _columns(dataset: Dataset, where: str) -> set[str]:
+    """The column names of a non-empty ``Dataset`` with a ``prompt`` column."""
     if not isinstance(dataset, Dataset):
         raise ValueError(f"{where}: expected a datasets.Dataset, got {type(dataset).__name__}.")
     columns = set(dataset.column_names)
@@ -108,6 +111,14 @@ def to_unpaired(
         raise ValueError(f"{where} is empty: it has no rows to train on.")
     if "prompt" not in columns:
         raise ValueError(f"{where} has columns {sorted(columns)}; expected a 'prompt' column.")
+    return columns
+
+
+def to_unpaired(
+    dataset: Dataset, where: str = "train_dataset", stepwise: bool | None = False, step_separator: str = "\n\n"
+) -> list[dict[str, Any]]:
+    """Rows ``{prompt, completion, prm_label}`` from any accepted format, validated row by row."""
+    columns = _columns(dataset, where)
     if {"completion", "label"} <= columns:
         return [row for i, ex in enumerate(dataset) for row in _unpaired_rows(ex, i, where)]
     if {"completions", "labels"} <= columns:
@@ -136,9 +147,8 @@ def to_pairs(
     dataset: Dataset, where: str = "train_dataset", stepwise: bool | None = False, step_separator: str = "\n\n"
 ) -> list[dict[str, Any]]:
     """Rows ``{prompt, chosen, rejected}``: given pairs as they are, else every correct x incorrect per prompt."""
-    if {"prompt", "chosen", "rejected"} <= set(dataset.column_names):
-        to_unpaired(dataset, where)  # validates every row
-        return [{"prompt": ex["prompt"], "chosen": ex["chosen"], "rejected": ex["rejected"]} for ex in dataset]
+    if {"chosen", "rejected"} <= _columns(dataset, where):
+        return [_pair(ex, i, where) for i, ex in enumerate(dataset)]
     groups: dict[str, dict[str, list]] = {}
     for row in to_unpaired(dataset, where, stepwise, step_separator):
         group = groups.setdefault(_key(row["prompt"]), {"prompt": row["prompt"], "pos": [], "neg": []})
@@ -165,11 +175,8 @@ def prepare_prm_dataset(dataset: Dataset | None, args: Any, where: str) -> Datas
     layout = (where, args.stepwise, args.step_separator)
     if args.loss_type == "ce":
         return Dataset.from_list(to_unpaired(dataset, *layout))
-    pairs = to_pairs(dataset, *layout)
     # SFT's preprocessing sees a prompt-completion dataset (the chosen side); the trainer tokenises `rejected` too.
+    pairs = to_pairs(dataset, *layout)
     return Dataset.from_list(
-        [
-            {"prompt": p["prompt"], "completion": p["chosen"], "rejected": p["rejected"], "prm_pair": i}
-            for i, p in enumerate(pairs)
-        ]
+        [{"prompt": p["prompt"], "completion": p["chosen"], "rejected": p["rejected"]} for p in pairs]
     )

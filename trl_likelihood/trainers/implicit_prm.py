@@ -48,7 +48,22 @@ IMPLICIT_PRM_CITATION = """\
     year    = 2024
 }"""
 
-_EXTRA_COLUMNS = [LABEL_COLUMN, "rejected_input_ids", "rejected_labels", "ref_logps", "rejected_ref_logps"]
+_EXTRA_COLUMNS = [LABEL_COLUMN, "rejected_input_ids", "rejected_labels", "ref_logps"]
+# A pair's row through its two tokenisation passes (chosen, then rejected), and back to the trainer's names.
+_TO_REJECTED_PASS = {
+    "input_ids": "chosen_input_ids",
+    "labels": "chosen_labels",
+    "completion": "chosen",
+    "rejected": "completion",
+}
+_PAIR_COLUMNS = {
+    "chosen_input_ids": "input_ids",
+    "chosen_labels": "labels",
+    "chosen": "completion",
+    "input_ids": "rejected_input_ids",
+    "labels": "rejected_labels",
+    "completion": "rejected",
+}
 
 
 @dataclass
@@ -118,25 +133,22 @@ class ImplicitPRMConfig(SFTConfig):
 
 
 class PRMCollator:
-    """SFT's collator on each response, plus labels and stored reference log-probs; pairs as [chosen; rejected]."""
+    """SFT's collator on the responses of the examples, in the one layout that the loss, the metrics and the
+    precomputed reference keep: side-major, ``(sides, examples)`` flattened. Unpaired, a row per example; paired, the
+    chosen responses of the examples, then their rejected responses in the same order. Labels and stored reference
+    log-probs (``ref_logps``, a list per example, one per side) are laid out the same way."""
 
     def __init__(self, base: Any):
         self.base = base
 
     def __call__(self, examples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         paired = "rejected_input_ids" in examples[0]
-        rows = [{"input_ids": e["input_ids"], "labels": e["labels"]} for e in examples]
-        labels = [e.get(LABEL_COLUMN, 1) for e in examples]
-        ref = [e["ref_logps"] for e in examples] if "ref_logps" in examples[0] else None
-        if paired:
-            rows += [{"input_ids": e["rejected_input_ids"], "labels": e["rejected_labels"]} for e in examples]
-            labels += [0] * len(examples)
-            if ref is not None:
-                ref += [e["rejected_ref_logps"] for e in examples]
-        batch = self.base(rows)
+        sides = [("input_ids", "labels")] + ([("rejected_input_ids", "rejected_labels")] if paired else [])
+        batch = self.base([{"input_ids": e[ids], "labels": e[lab]} for ids, lab in sides for e in examples])
+        labels = [1] * len(examples) + [0] * len(examples) if paired else [e[LABEL_COLUMN] for e in examples]
         batch[LABEL_COLUMN] = torch.tensor(labels, dtype=torch.long)
-        if ref is not None:
-            batch["ref_logps"] = torch.tensor(ref, dtype=torch.float32)
+        if "ref_logps" in examples[0]:
+            batch["ref_logps"] = torch.tensor([e["ref_logps"] for e in examples], dtype=torch.float32).T.flatten()
         return batch
 
 
@@ -199,9 +211,9 @@ class ImplicitPRMTrainer(MethodTrainer, LossOnlyEvaluation, SFTTrainer):
         self._reference_source = f"precomputed-{self._reference_source}"
 
     def _with_ref_logps(self, policy: torch.nn.Module, dataset: Dataset, batch_size: int) -> Dataset:
-        """The dataset with its reference log-prob columns. Each process scores every ``num_processes``-th row (the
-        same number of batches on each, padded with a repeated row, so sharded engines stay in step) and the rows
-        are gathered back in order."""
+        """The dataset with its reference log-prob column, a list per example (one per side). Each process scores
+        every ``num_processes``-th example (the same number of batches on each, padded with a repeated example, so
+        sharded engines stay in step) and the examples are gathered back in order."""
         rank, world = self.accelerator.process_index, self.accelerator.num_processes
         mine = list(range(rank, len(dataset), world))
         mine += mine[-1:] * (math.ceil(len(dataset) / world) - len(mine))
@@ -210,34 +222,26 @@ class ImplicitPRMTrainer(MethodTrainer, LossOnlyEvaluation, SFTTrainer):
             for start in range(0, len(mine), batch_size):
                 index = mine[start : start + batch_size]
                 batch = self._prepare_inputs(self.data_collator([dataset[i] for i in index]))
-                logps = self.reference.sequence_logps(policy, batch).cpu().tolist()
-                rejected = logps[len(index) :] or [None] * len(index)
-                scored += list(zip(index, logps[: len(index)], rejected))
-        by_row = {i: (c, r) for i, c, r in gather_object(scored)}
-        dataset = dataset.add_column("ref_logps", [by_row[i][0] for i in range(len(dataset))])
-        if by_row[0][1] is None:
-            return dataset
-        return dataset.add_column("rejected_ref_logps", [by_row[i][1] for i in range(len(dataset))])
+                logps = self.reference.sequence_logps(policy, batch).view(-1, len(index))  # (sides, examples)
+                scored += zip(index, logps.T.cpu().tolist())
+        by_example = dict(gather_object(scored))
+        return dataset.add_column("ref_logps", [by_example[i] for i in range(len(dataset))])
 
     # ------------------------------------------------------------------ data
     def _prepare_dataset(self, dataset, processing_class, args, packing, formatting_func, dataset_name):
+        """SFT's preparation. A pair stays one row: SFT's pipeline tokenises its chosen side (``completion``), then
+        its rejected side on the same rows, and a side truncated to nothing drops the pair."""
         if "rejected" not in (dataset.column_names or []):
             return super()._prepare_dataset(dataset, processing_class, args, packing, formatting_func, dataset_name)
-        chosen = _compat.prepare_sft_dataset(
-            self, dataset.remove_columns("rejected"), processing_class, args, f"{dataset_name} chosen"
+        pairs = _compat.prepare_sft_dataset(self, dataset, processing_class, args, f"{dataset_name} chosen")
+        pairs = _compat.prepare_sft_dataset(  # no second shuffle: the rows keep the chosen pass's order
+            self, pairs.rename_columns(_TO_REJECTED_PASS), processing_class, args, f"{dataset_name} rejected", False
         )
-        rejected = dataset.remove_columns("completion").rename_column("rejected", "completion")
-        rejected = _compat.prepare_sft_dataset(self, rejected, processing_class, args, f"{dataset_name} rejected")
-        by_pair = {
-            p: (ids, lab) for p, ids, lab in zip(rejected["prm_pair"], rejected["input_ids"], rejected["labels"])
-        }
-        chosen = chosen.filter(lambda ex: ex["prm_pair"] in by_pair)  # a side truncated to nothing drops the pair
-        if len(chosen) == 0:
+        if len(pairs) == 0:
             raise ValueError(
                 f"{dataset_name}: no pair has scorable tokens on both sides after truncation to max_length."
             )
-        chosen = chosen.add_column("rejected_input_ids", [by_pair[p][0] for p in chosen["prm_pair"]])
-        return chosen.add_column("rejected_labels", [by_pair[p][1] for p in chosen["prm_pair"]])
+        return pairs.rename_columns(_PAIR_COLUMNS)
 
     def _set_signature_columns_if_needed(self):
         super()._set_signature_columns_if_needed()
@@ -247,25 +251,25 @@ class ImplicitPRMTrainer(MethodTrainer, LossOnlyEvaluation, SFTTrainer):
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         mode = "train" if self.model.training else "eval"
         labels = inputs.pop(LABEL_COLUMN)
-        policy = token_logps(model, inputs).sequence()
+        policy = token_logps(model, inputs).sequence()  # (sides * examples,), the collator's side-major layout
         ref = self.reference.sequence_logps(model, inputs)
-        beta = self.args.beta
-        if self.args.loss_type == "ce":
+        beta, sides = self.args.beta, 1 if self.args.loss_type == "ce" else 2
+        if sides == 1:
             loss = implicit_prm_loss(policy, ref, labels, beta)
         else:
-            n = policy.shape[0] // 2
-            loss = implicit_prm_dpo_loss(policy[:n], ref[:n], policy[n:], ref[n:], beta)
-        rewards = torch.stack([beta * (policy.detach() - ref), labels.to(policy)], 1)  # (rows, 2)
-        # One row per example for `gather_for_metrics` (it trims the padded last batch by examples): a pair is 1 row.
-        per_example = rewards if self.args.loss_type == "ce" else torch.cat(rewards.chunk(2), 1)
-        self.record_rows(mode, per_example)
+            (chosen, rejected), (ref_chosen, ref_rejected) = policy.view(2, -1), ref.view(2, -1)
+            loss = implicit_prm_dpo_loss(chosen, ref_chosen, rejected, ref_rejected, beta)
+        rewards = torch.stack([beta * (policy.detach() - ref), labels.to(policy)], 1)  # (sides * examples, 2)
+        # Indexed by example for `gather_for_metrics`, which trims the padded last batch by examples: a pair is one.
+        per_example = rewards.view(sides, -1, 2).transpose(0, 1)  # (examples, sides, 2), a view
+        self.record_rows(mode, per_example)  # kept as (sides * examples, 2), a pair's two rows adjacent
         return (loss, None) if return_outputs else loss
 
     def window_metrics(self, mode, rows, means, totals):
-        """``reward_metrics`` over the window's responses (a pair's row holds both of its responses)."""
+        """``reward_metrics`` over the window's responses."""
         if rows is None:
             return means
-        rewards, labels = (rows if self.args.loss_type == "ce" else torch.cat(rows.chunk(2, 1))).float().unbind(1)
+        rewards, labels = rows.float().unbind(1)
         return {**means, **reward_metrics(rewards, labels.bool(), self.args.loss_type)}
 
     def card_hyperparameters(self) -> dict[str, Any]:
@@ -280,7 +284,7 @@ def reward_metrics(rewards: torch.Tensor, labels: torch.Tensor, loss_type: str) 
     """Outcome accuracy, mean reward of correct and incorrect responses, and AUROC, over the logged window.
 
     ``ce`` accuracy is the sign of the reward against the label; ``dpo`` accuracy is the share of pairs ranked right
-    (rows arrive as [chosen; rejected] per batch, so pairs are matched through the label order of each batch).
+    (a pair's rows are adjacent, chosen then rejected, so the i-th correct and i-th incorrect row are one pair).
     """
     pos, neg = rewards[labels], rewards[~labels]
     metrics = {"auroc": binary_auroc(rewards, labels)}
