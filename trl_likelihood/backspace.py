@@ -5,7 +5,7 @@ Generation with ``<bkspc>`` is an MDP whose state is the prompt plus the complet
 including noise tokens (folded into the transition, variant A of 3(a): they are never actions) and ``<bkspc>``.
 
 The decision states those trajectories pass through, and their logits from one forward pass, are in ``states``
-(``replay_states``, ``states_batch``, ``state_logits``); their names are also importable from here.
+(``replay_states``, ``states_batch``, ``state_logits``).
 
 Under LoRA, ``with_trainable_token`` makes the ``<bkspc>`` output row trainable (PEFT's ``trainable_token_indices``)
 and ``saving_token_rows_only`` keeps the saved adapter to that row instead of both resized embedding matrices.
@@ -255,15 +255,3 @@ def with_trainable_token(peft_config: Any, model: Any, token_id: int) -> Any:
     targets[names[layer]] = sorted({*targets.get(names[layer], []), token_id})
     config.trainable_token_indices = targets
     return config
-
-
-_STATE_NAMES = ("ParallelStates", "collate_states", "parallel_states", "replay_states", "state_logits", "states_batch")
-
-
-def __getattr__(name: str) -> Any:
-    """The decision-state names, moved to ``states`` (which imports this module, so they load on first use)."""
-    if name in _STATE_NAMES:
-        from . import states
-
-        return getattr(states, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
