@@ -1,14 +1,17 @@
 """Small facts about feeding a model, each written once: the model inside a DDP wrapper, eval mode for a block of work
 that must not see dropout (the mode given back after it), a right-padded batch of token rows, the ids that end or pad
-a sample, and where the prompt of a tokenized SFT row ends."""
+a sample, a prompt and its completion tokenised as ``SFTTrainer`` tokenises them, and where the prompt of a tokenized
+SFT row ends."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import torch
+from trl.data_utils import common_prefix_length  # where SFT's completion starts
 
 from ._compat import pad
 from .losses import IGNORE_INDEX
@@ -61,3 +64,51 @@ def prompt_end(labels: Sequence[int], length: int | None = None) -> int:
     """
     n = len(labels) if length is None else length
     return next((i for i in range(1, n) if labels[i] != IGNORE_INDEX), max(n - 1, 1))
+
+
+@dataclass
+class PromptCompletionIds:
+    """A prompt and its completion tokenised as one row, as ``SFTTrainer`` tokenises prompt-completion data.
+
+    Attributes:
+        input_ids: the row's tokens, prompt then completion.
+        completion_start: index of the completion's first token (SFT's ``completion_mask`` is 1 from there on).
+        text: the text that was tokenised: ``prompt + completion`` (and EOS), or the chat template's rendering.
+        offsets: each token's ``(start, end)`` characters in ``text`` when asked for (fast tokenizers only).
+    """
+
+    input_ids: list[int]
+    completion_start: int
+    text: str
+    offsets: list[tuple[int, int]] | None = None
+
+
+def tokenize_prompt_completion(
+    tokenizer: Any, prompt: str | list[dict], completion: str | list[dict], add_eos: bool = True, offsets: bool = False
+) -> PromptCompletionIds:
+    """Tokenise ``prompt`` and ``completion`` into one row as TRL 1.16's ``SFTTrainer`` does (tested equal to it).
+
+    Text (``prompt`` a string): ``tok(prompt)`` and ``tok(prompt + completion + eos)``, the EOS text appended unless
+    the completion already ends with it (``add_eos``, SFT's ``add_eos``). Messages (``prompt`` a list of message
+    dicts; ``completion`` messages too, or a string, taken as one assistant message): the chat template renders the
+    prompt with ``add_generation_prompt=True`` and the whole conversation, each tokenised without special tokens of
+    the tokenizer's own (``apply_chat_template(tokenize=True)``, which SFT calls, adds none); the tokens the template
+    writes after the answer (e.g. ``<|im_end|>``) play EOS's part, so ``add_eos`` does not apply. In both, the
+    completion starts where the two token lists diverge (TRL's ``common_prefix_length``).
+    """
+    if isinstance(prompt, str):
+        text, prompt_text, kwargs = prompt + completion, prompt, {}
+        eos = tokenizer.eos_token
+        if add_eos and eos and not completion.endswith(eos):
+            text += eos
+    else:
+        if isinstance(completion, str):
+            completion = [{"role": "assistant", "content": completion}]
+        prompt_text = tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=False)
+        text = tokenizer.apply_chat_template([*prompt, *completion], tokenize=False)
+        kwargs = {"add_special_tokens": False}
+    prompt_ids = list(tokenizer(prompt_text, **kwargs)["input_ids"])
+    encoded = tokenizer(text, return_offsets_mapping=offsets, **kwargs)
+    ids = list(encoded["input_ids"])
+    spans = [tuple(span) for span in encoded["offset_mapping"]] if offsets else None
+    return PromptCompletionIds(ids, common_prefix_length(prompt_ids, ids), text, spans)
