@@ -1,7 +1,12 @@
-"""Small facts about feeding a model, each written once: the model inside a DDP wrapper, eval mode for a block of work
-that must not see dropout (the mode given back after it), a right-padded batch of token rows, the ids that end or pad
-a sample, a prompt and its completion tokenised as ``SFTTrainer`` tokenises them, and where the prompt of a tokenized
-SFT row ends."""
+"""Small facts about feeding a model, each written once and used everywhere:
+
+- ``unwrap_ddp``, ``core_model``: the model inside a DDP or engine wrapper, and under PEFT too;
+- ``eval_mode``: eval mode for a block of work that must not see dropout, the mode given back after it;
+- ``right_padded``: a right-padded batch of token rows, as SFT's collator pads;
+- ``stop_and_pad_ids``: the ids that end a sample and the id that pads one;
+- ``tokenize_prompt_completion``: a prompt and its completion tokenised as ``SFTTrainer`` tokenises them;
+- ``prompt_end``: where the prompt of a row that SFT tokenized ends.
+"""
 
 from __future__ import annotations
 
@@ -13,7 +18,7 @@ from typing import Any
 import torch
 from trl.data_utils import common_prefix_length  # where SFT's completion starts
 
-from ._compat import pad
+from ._compat import is_peft, pad
 from .losses import IGNORE_INDEX
 
 
@@ -34,6 +39,13 @@ def unwrap_ddp(model: torch.nn.Module) -> torch.nn.Module:
     return model.module if hasattr(model, "module") else model
 
 
+def core_model(model: torch.nn.Module) -> torch.nn.Module:
+    """The transformers model under a DDP or engine wrapper (``.module``) and a PEFT wrapper: the one that owns the
+    embeddings, the config and the ``forward`` whose signature counts."""
+    model = unwrap_ddp(model)
+    return model.get_base_model() if is_peft(model) else model
+
+
 def right_padded(rows: Sequence[Sequence[int]], pad_id: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """``(input_ids, attention_mask)`` of token rows padded on the right with ``pad_id``, as SFT's collator pads:
     real tokens keep their positions (TRL's ``pad``)."""
@@ -44,11 +56,13 @@ def right_padded(rows: Sequence[Sequence[int]], pad_id: int = 0) -> tuple[torch.
 
 def stop_and_pad_ids(model: torch.nn.Module, tokenizer: Any) -> tuple[list[int], int]:
     """The ids that end a sample (the tokenizer's EOS and every EOS of the model's generation config, as
-    ``generate`` stops on them) and the id that pads one (the tokenizer's pad, else the first of those)."""
+    ``generate`` stops on them) and the id that pads one (the tokenizer's pad, else the first of those, else 0: a
+    right-padded position is masked out, so its id never changes a result)."""
     tokenizer = getattr(tokenizer, "tokenizer", tokenizer)  # a processor's tokenizer
     eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
     stops = sorted({tokenizer.eos_token_id, *([eos] if isinstance(eos, int) else eos or [])} - {None})
-    return stops, tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stops[0]
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stops[0] if stops else 0
+    return stops, pad
 
 
 def prompt_end(labels: Sequence[int], length: int | None = None) -> int:

@@ -39,7 +39,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenize
 from transformers.utils.peft_utils import find_adapter_config_file
 
 from .method_settings import read_method_settings
-from .modeling import eval_mode, right_padded, tokenize_prompt_completion, unwrap_ddp
+from .modeling import eval_mode, right_padded, stop_and_pad_ids, tokenize_prompt_completion, unwrap_ddp
 from .prm_scorer import AGGREGATES, PRMScorer, Prompt, StepScores, aggregate_steps, check_aggregate, is_messages
 from .ratio import adapter_disabled, ensure_fused_head, token_logps
 
@@ -218,7 +218,7 @@ class ImplicitPRM(PRMScorer):
     @torch.no_grad()
     def _token_logratios(self, batch: list[_Encoded]) -> list[torch.Tensor]:
         """Per response, ``(n_response_tokens,)`` fp32 ``log pi - log pi_ref``; one policy, one reference forward."""
-        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        _, pad = stop_and_pad_ids(self.policy, self.tokenizer)
         input_ids, attention_mask = right_padded([e.input_ids for e in batch], pad)
         labels = torch.full_like(input_ids, -100)  # only response tokens are scored
         for row, e in enumerate(batch):

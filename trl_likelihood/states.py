@@ -24,7 +24,8 @@ from typing import Any
 
 import torch
 
-from .backspace import Trajectory, _base_model
+from .backspace import Trajectory
+from .modeling import core_model
 
 
 def replay_states(traj: Trajectory, bkspc_id: int) -> list[list[int]]:
@@ -225,7 +226,7 @@ def _mask_for(model: torch.nn.Module, mask: torch.Tensor) -> torch.Tensor:
     kernels take only a 2-D padding mask and ignore the custom one, so they are refused. Sliding-window layers are
     refused too: their window would be dropped, as the 4-D mask replaces the window mask.
     """
-    config = getattr(_base_model(model), "config", None)
+    config = getattr(core_model(model), "config", None)
     implementation = str(getattr(config, "_attn_implementation", None) or "eager")
     if "flash" in implementation:
         raise ValueError(
@@ -238,7 +239,7 @@ def _mask_for(model: torch.nn.Module, mask: torch.Tensor) -> torch.Tensor:
     allowed = mask if mask.dtype == torch.bool else mask == 0
     if implementation == "sdpa":
         return allowed
-    dtype = _base_model(model).get_input_embeddings().weight.dtype
+    dtype = core_model(model).get_input_embeddings().weight.dtype
     if mask.dtype == dtype:
         return mask
     return _as_mask(allowed, dtype)
