@@ -12,17 +12,9 @@ from hypothesis import strategies as st
 from peft import LoraConfig, get_peft_model
 from transformers import AutoModelForCausalLM, AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
 
-from trl_likelihood.backspace import (
-    BACKSPACE,
-    Trajectory,
-    add_backspace_token,
-    apply_backspaces,
-    augment_with_noise,
-    collate_states,
-    parallel_states,
-    replay_states,
-    state_logits,
-)
+from tests.helpers import collate_states, parallel_states
+from trl_likelihood.backspace import BACKSPACE, Trajectory, add_backspace_token, apply_backspaces, augment_with_noise
+from trl_likelihood.states import replay_states, state_logits
 
 B, EOS, PAD, VOCAB = 3, 2, 0, 40  # <bkspc>, EOS and PAD ids of the toy vocabulary below
 

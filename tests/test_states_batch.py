@@ -10,16 +10,10 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tests.helpers import ParallelStates, collate_states, parallel_states
 from tests.test_backspace import EOS, PAD, TRAJECTORIES, VOCAB, B, _qwen2
 from trl_likelihood.backspace import Trajectory, augment_with_noise
-from trl_likelihood.states import (
-    ParallelStates,
-    collate_states,
-    parallel_states,
-    replay_states,
-    state_logits,
-    states_batch,
-)
+from trl_likelihood.states import replay_states, state_logits, states_batch
 
 
 def reference_parallel_states(traj: Trajectory, bkspc_id: int) -> ParallelStates:

@@ -5,7 +5,7 @@ Generation with ``<bkspc>`` is an MDP whose state is the prompt plus the complet
 including noise tokens (folded into the transition, variant A of 3(a): they are never actions) and ``<bkspc>``.
 
 The decision states those trajectories pass through, and their logits from one forward pass, are in ``states``
-(``replay_states``, ``states_batch``, ``state_logits``); their names are also importable from here.
+(``replay_states``, ``states_batch``, ``state_logits``).
 
 Under LoRA, ``with_trainable_token`` makes the ``<bkspc>`` output row trainable (PEFT's ``trainable_token_indices``)
 and ``saving_token_rows_only`` keeps the saved adapter to that row instead of both resized embedding matrices.
@@ -24,6 +24,7 @@ from typing import Any
 import torch
 
 from .engines import full_shape, gathered
+from .modeling import core_model
 
 BACKSPACE = "<bkspc>"
 
@@ -112,7 +113,7 @@ def add_backspace_token(model: torch.nn.Module, tokenizer: Any, token: str = BAC
             f"The tokenizer ({type(tokenizer).__name__}) cannot hold {token!r} as a single token: it encodes to "
             f"{encoded} (id {token_id}). Use a tokenizer that supports added special tokens."
         )
-    base = _base_model(model)
+    base = core_model(model)
     rows = full_shape(base.get_input_embeddings().weight)[0]  # a ZeRO-3 partition's own shape is (0,)
     grew = token_id >= rows
     if grew:
@@ -152,15 +153,6 @@ def _refuse_a_token_with_another_use(tokenizer: Any, token: str) -> None:
         f"`backspace_token` {token!r} is already {use} (id {vocab[token]}): every occurrence of it in the data would "
         "become a deletion. Use a new string, e.g. '<bkspc>'."
     )
-
-
-def _base_model(model: torch.nn.Module) -> torch.nn.Module:
-    """The transformers model under DDP and PEFT wrappers (the one that owns the embeddings)."""
-    from ._compat import is_peft
-    from .modeling import unwrap_ddp
-
-    model = unwrap_ddp(model)
-    return model.get_base_model() if is_peft(model) else model
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -255,15 +247,3 @@ def with_trainable_token(peft_config: Any, model: Any, token_id: int) -> Any:
     targets[names[layer]] = sorted({*targets.get(names[layer], []), token_id})
     config.trainable_token_indices = targets
     return config
-
-
-_STATE_NAMES = ("ParallelStates", "collate_states", "parallel_states", "replay_states", "state_logits", "states_batch")
-
-
-def __getattr__(name: str) -> Any:
-    """The decision-state names, moved to ``states`` (which imports this module, so they load on first use)."""
-    if name in _STATE_NAMES:
-        from . import states
-
-        return getattr(states, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -47,6 +47,7 @@ from trl import (
     get_quantization_config,
 )
 
+from .cards import is_local_path
 from .data import hub_dataset_id, load_training_dataset
 from .methods import METHODS, PROG
 from .trainers.config_checks import check_model_path
@@ -252,9 +253,9 @@ def build_trainer(
             peft_config=get_peft_config(model_args),
         )
     except OSError as err:
-        if os.path.exists(os.path.expanduser(model)):
+        if is_local_path(model):  # a path that does not exist was refused before (``check_model_path``)
             raise
-        # Shaped like a Hub id (``name`` or ``owner/name``) and not here: transformers tried the Hub.
+        # A Hub id: transformers tried the Hub.
         raise OSError(
             f"--model_name_or_path {model!r} is no local folder (resolved to "
             f"{os.path.abspath(os.path.expanduser(model))!r}) and could not be loaded as a Hub id: {err}"

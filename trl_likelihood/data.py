@@ -251,9 +251,9 @@ def sft_ready(dataset: Any, args: Any, processing_class: Any, where: str) -> Any
         return dataset
     columns = _message_columns(dataset, args)
     if isinstance(dataset, IterableDataset):
-        return dataset.map(_StreamedRowCheck(args, processing_class, columns, where), with_indices=True)
+        return dataset.map(_CheckRowJoinParts(args, processing_class, columns, where), with_indices=True)
     if any(_is_list_feature(dataset.features[c]) and _has_content_parts(dataset.features[c]) for c in columns):
-        join = _StreamedRowCheck(args, processing_class, columns, where, check=False)
+        join = _CheckRowJoinParts(args, processing_class, columns, where, check=False)
         return dataset.map(join, with_indices=True, desc=f"Joining the text parts of {where}")
     return dataset
 
@@ -278,9 +278,10 @@ def _has_content_parts(feature: Any) -> bool:
     return content is not None and _is_list_feature(content)
 
 
-class _StreamedRowCheck:
-    """One row of a dataset, checked as ``validate_sft_dataset`` checks the head and with its text parts joined; a
-    class, so ``datasets`` can fingerprint it."""
+class _CheckRowJoinParts:
+    """What ``dataset.map`` does to each row: check it as ``validate_sft_dataset`` checks the head (a streamed row, as
+    it is read; ``check=False`` skips this for a ``Dataset``, already checked whole), then join its messages' text
+    parts. A class, so ``datasets`` can fingerprint it."""
 
     def __init__(self, args: Any, processing_class: Any, columns: list[str], where: str, check: bool = True) -> None:
         self.args, self.columns, self.where, self.check = args, columns, where, check

@@ -24,10 +24,9 @@ from typing import Any
 
 import torch
 from transformers import PreTrainedTokenizerBase, TrainerCallback, TrainerControl, TrainerState, TrainingArguments
-from trl.data_utils import common_prefix_length  # where SFT's completion starts
 
 from . import _compat
-from .modeling import eval_mode, right_padded
+from .modeling import eval_mode, right_padded, tokenize_prompt_completion
 
 logger = logging.getLogger(__name__)
 
@@ -46,9 +45,10 @@ def encode_probe(row: Mapping[str, Any], tokenizer: PreTrainedTokenizerBase | No
     """Tokenise one probe as TRL tokenises prompt-completion data.
 
     Accepted rows: ``prompt_ids`` + ``completion_ids`` (used as given); ``prompt`` + ``completion`` (or ``chosen``)
-    as text, where the completion starts where ``tok(prompt)`` and ``tok(prompt + completion)`` diverge and an EOS is
-    appended (``add_eos``), as SFT and DPO do; or both as chat messages, rendered with the chat template (its closing
-    tokens play the EOS's part).
+    as text, or as chat messages (a text completion after a message prompt is one assistant message), tokenised as
+    SFT tokenises them (``modeling.tokenize_prompt_completion``): the completion starts where ``tok(prompt)`` and
+    ``tok(prompt + completion)`` diverge, and an EOS is appended to text (``add_eos``), as SFT and DPO do; a chat
+    template's closing tokens play the EOS's part.
     """
     if "prompt_ids" in row and "completion_ids" in row:
         prompt, completion = list(row["prompt_ids"]), list(row["completion_ids"])
@@ -63,20 +63,10 @@ def encode_probe(row: Mapping[str, Any], tokenizer: PreTrainedTokenizerBase | No
     if tokenizer is None:
         raise ValueError("Text probes need a tokenizer: pass `tokenizer=` or train with a `processing_class`.")
     prompt = row["prompt"]
-    if isinstance(prompt, str):
-        prompt_ids = tokenizer(prompt)["input_ids"]
-        ids = list(tokenizer(prompt + completion)["input_ids"])
-        if add_eos and tokenizer.eos_token_id is not None and (not ids or ids[-1] != tokenizer.eos_token_id):
-            ids.append(tokenizer.eos_token_id)
-    else:  # conversational: render, then tokenise without adding special tokens again
-        prompt_text = tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=False)
-        full_text = tokenizer.apply_chat_template([*prompt, *completion], tokenize=False)
-        prompt_ids = tokenizer(prompt_text, add_special_tokens=False)["input_ids"]
-        ids = list(tokenizer(full_text, add_special_tokens=False)["input_ids"])
-    start = common_prefix_length(list(prompt_ids), ids)
-    if start == 0 or start >= len(ids):
+    tokens = tokenize_prompt_completion(tokenizer, prompt, completion, add_eos)
+    if tokens.completion_start == 0 or tokens.completion_start >= len(tokens.input_ids):
         raise ValueError(f"Probe {prompt!r:.60}: the prompt must give tokens and the completion must add some.")
-    return ProbeRow(ids, start)
+    return ProbeRow(tokens.input_ids, tokens.completion_start)
 
 
 def _batch(rows: list[ProbeRow], device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -30,7 +30,7 @@ from transformers import DynamicCache
 
 from . import engines
 from .backspace import Trajectory
-from .modeling import eval_mode
+from .modeling import core_model, eval_mode, right_padded
 
 
 @dataclass
@@ -98,21 +98,15 @@ def _left_pad(prompts: Sequence[Sequence[int]] | torch.Tensor, pad_token_id: int
     return ids, mask
 
 
-def _core(model: torch.nn.Module) -> torch.nn.Module:
-    """The transformers model inside an engine wrapper (DeepSpeed's ``.module``) and PEFT."""
-    model = getattr(model, "module", model)
-    return model.get_base_model() if hasattr(model, "get_base_model") else model
-
-
 def _cache_argument(model: torch.nn.Module) -> str:
     """The KV-cache keyword of the core model's ``forward``: ``cache`` in transformers 5.2x, else the old one."""
-    core = _core(model)
+    core = core_model(model)
     return "cache" if "cache" in inspect.signature(type(core).forward).parameters else "past_key_values"
 
 
 def _new_cache(model: torch.nn.Module) -> dict[str, DynamicCache]:
     """An empty KV cache as the keyword argument the model's ``forward`` takes; it is filled in place, step by step."""
-    core = _core(model)
+    core = core_model(model)
     return {_cache_argument(model): DynamicCache(config=core.config)}
 
 
@@ -415,22 +409,18 @@ def append_completions(
 ) -> dict[str, torch.Tensor]:
     """``batch`` (right-padded ``input_ids``/``attention_mask``/``labels``) with one row per ``(prompt, completion)``
     appended, all right-padded to one length; the new rows' labels score the completion (and its EOS) only."""
-    device = batch["input_ids"].device
-    width = max(batch["input_ids"].size(1), *(len(p) + len(c) for p, c in rows))
-    ids = torch.full((len(rows), width), pad_token_id, dtype=torch.long, device=device)
+    ids, mask = right_padded([prompt + completion for prompt, completion in rows], pad_token_id)
     labels = torch.full_like(ids, -100)
-    mask = torch.zeros_like(ids)
     for row, (prompt, completion) in enumerate(rows):
-        n = len(prompt) + len(completion)
-        ids[row, :n] = torch.tensor(prompt + completion, device=device)
-        labels[row, len(prompt) : n] = ids[row, len(prompt) : n]
-        mask[row, :n] = 1
+        labels[row, len(prompt) : len(prompt) + len(completion)] = torch.tensor(completion, dtype=torch.long)
+    width = max(batch["input_ids"].size(1), ids.size(1))
 
     def pad(x: torch.Tensor, value: int) -> torch.Tensor:
+        x = x.to(batch["input_ids"].device)
         return torch.nn.functional.pad(x, (0, width - x.size(1)), value=value)
 
     return {
-        "input_ids": torch.cat([pad(batch["input_ids"], pad_token_id), ids]),
-        "attention_mask": torch.cat([pad(batch["attention_mask"], 0), mask]),
-        "labels": torch.cat([pad(batch["labels"], -100), labels]),
+        "input_ids": torch.cat([pad(batch["input_ids"], pad_token_id), pad(ids, pad_token_id)]),
+        "attention_mask": torch.cat([pad(batch["attention_mask"], 0), pad(mask, 0)]),
+        "labels": torch.cat([pad(batch["labels"], -100), pad(labels, -100)]),
     }

@@ -318,7 +318,7 @@ def sequencematch_loss(
 
     Args:
         state_logits: ``(B, T+1, V)`` next-token logits at the decision states ``u_0 .. u_T`` (any float dtype;
-            fp32 here). Padded states must hold finite values (``collate_states`` repeats position 0 there).
+            fp32 here). Padded states must hold finite values (``states_batch`` points them at a real token).
         actions: ``(B, T)`` the action taken at each state (``<bkspc>`` included); padding is ignored.
         action_mask: ``(B, T)`` true on the ``T_b`` real steps, left-aligned.
         terminated: ``(B,)`` true where the row ended with EOS (a finished sequence), false for a truncated rollout.

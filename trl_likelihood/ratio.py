@@ -17,10 +17,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from accelerate.utils import is_peft_model
 
 from . import _compat, engines
-from .modeling import unwrap_ddp
+from .modeling import core_model, unwrap_ddp
 
 
 @dataclass
@@ -44,7 +43,7 @@ class TokenLogps:
 
 def ensure_fused_head(model: torch.nn.Module, outputs: tuple[str, ...] = ("log_probs",)) -> None:
     """Patch ``model`` (the base model under PEFT) with TRL's fused LM head, once."""
-    target = model.get_base_model() if is_peft_model(model) else model
+    target = core_model(model)
     if not getattr(target, "_trl_likelihood_fused", False):
         _compat.add_fused_lm_head(target, outputs=outputs)
         target._trl_likelihood_fused = True

@@ -7,11 +7,12 @@ Paper: Yuan et al., "Free Process Rewards without Process Labels", 2024, arXiv:2
 
 Choices made here:
 - The response is ``step_separator.join(steps)``, tokenised as TRL 1.16's ``SFTTrainer`` tokenises prompt-completion
-  data, so scores are the rewards the model was trained on [ours, tested]. Plain text: ``tok(prompt)`` and
-  ``tok(prompt + response + eos)``, with EOS appended as SFT does. Conversational prompt (a list of messages): the
-  chat template renders the prompt with ``add_generation_prompt=True`` and the prompt plus an assistant message
-  holding the response; the tokens the template writes after the response (e.g. ``<|im_end|>``) play EOS's part.
-  In both, the completion starts where the two token lists diverge (TRL's ``common_prefix_length``).
+  data (``modeling.tokenize_prompt_completion``), so scores are the rewards the model was trained on [ours, tested].
+  Plain text: ``tok(prompt)`` and ``tok(prompt + response + eos)``, with EOS appended as SFT does. Conversational
+  prompt (a list of messages): the chat template renders the prompt with ``add_generation_prompt=True`` and the
+  prompt plus an assistant message holding the response; the tokens the template writes after the response (e.g.
+  ``<|im_end|>``) play EOS's part. In both, the completion starts where the two token lists diverge (TRL's
+  ``common_prefix_length``).
 - The EOS (or the template's closing tokens) belongs to the last step, so the step rewards sum to the outcome reward
   of training; ``add_eos=False`` scores the response text alone.
 - Step boundaries come from the token offsets of the full text, never from re-tokenised prefixes, which shift when
@@ -36,10 +37,9 @@ import torch
 from accelerate.utils import is_peft_model
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
 from transformers.utils.peft_utils import find_adapter_config_file
-from trl.data_utils import common_prefix_length  # where SFT's completion starts
 
 from .method_settings import read_method_settings
-from .modeling import eval_mode, right_padded, unwrap_ddp
+from .modeling import eval_mode, right_padded, stop_and_pad_ids, tokenize_prompt_completion, unwrap_ddp
 from .prm_scorer import AGGREGATES, PRMScorer, Prompt, StepScores, aggregate_steps, check_aggregate, is_messages
 from .ratio import adapter_disabled, ensure_fused_head, token_logps
 
@@ -176,38 +176,29 @@ class ImplicitPRM(PRMScorer):
         return cls(policy, reference, **kwargs)
 
     # ------------------------------------------------------------------ tokenisation
-    def _render(self, prompt: Prompt, response: str) -> tuple[str, str, int, dict[str, Any]]:
-        """Prompt text, full text, the response's first character in it, and the tokenizer's keyword arguments."""
+    def _response_start(self, prompt: Prompt, response: str, text: str) -> int:
+        """The response's first character in ``text``, the tokenised prompt + response (the chat template's rendering
+        for messages, which must hold the response verbatim)."""
         if isinstance(prompt, str):
-            eos = self.tokenizer.eos_token
-            full = prompt + response
-            if self.add_eos and eos and not response.endswith(eos):  # as SFTTrainer's add_eos
-                full += eos
-            return prompt, full, len(prompt), {}
-        if not is_messages(prompt):
-            raise ValueError(f"A prompt must be text or a non-empty list of message dicts, got {prompt!r:.80}.")
-        template = self.tokenizer.apply_chat_template
-        prompt_text = template(prompt, add_generation_prompt=True, tokenize=False)
-        full = template([*prompt, {"role": "assistant", "content": response}], tokenize=False)
+            return len(prompt)
         # where the content goes: render a private-use placeholder, then check the response sits there verbatim
-        probe = template([*prompt, {"role": "assistant", "content": _PLACEHOLDER}], tokenize=False)
+        message = {"role": "assistant", "content": _PLACEHOLDER}
+        probe = self.tokenizer.apply_chat_template([*prompt, message], tokenize=False)
         head, found, tail = probe.partition(_PLACEHOLDER)
-        if not response or not found or full != head + response + tail:
+        if not response or not found or text != head + response + tail:
             raise ValueError(f"The chat template does not render the response verbatim: {response!r:.80}.")
-        start = len(head)
-        # apply_chat_template(tokenize=True), which SFTTrainer uses, adds no special tokens of its own
-        return prompt_text, full, start, {"add_special_tokens": False}
+        return len(head)
 
     def _encode(self, prompt: Prompt, steps: list[str]) -> _Encoded:
         response = self.step_separator.join(steps)
-        prompt_text, full, start, kwargs = self._render(prompt, response)
-        prompt_ids = self.tokenizer(prompt_text, **kwargs)["input_ids"]
-        encoded = self.tokenizer(full, return_offsets_mapping=True, **kwargs)
-        ids, offsets = list(encoded["input_ids"]), encoded["offset_mapping"]
-        prompt_len = common_prefix_length(prompt_ids, ids)
+        if not isinstance(prompt, str) and not is_messages(prompt):
+            raise ValueError(f"A prompt must be text or a non-empty list of message dicts, got {prompt!r:.80}.")
+        row = tokenize_prompt_completion(self.tokenizer, prompt, response, self.add_eos, offsets=True)
+        start = self._response_start(prompt, response, row.text)
+        ids, offsets, prompt_len = row.input_ids, row.offsets, row.completion_start
         if prompt_len == 0:
             raise ValueError("The prompt tokenises to nothing: the first response token would have no context.")
-        step_starts, pos = [], start  # first character of steps 1..K-1 in `full`
+        step_starts, pos = [], start  # first character of steps 1..K-1 in `row.text`
         for step in steps[:-1]:
             pos += len(step) + len(self.step_separator)
             step_starts.append(pos)
@@ -227,7 +218,7 @@ class ImplicitPRM(PRMScorer):
     @torch.no_grad()
     def _token_logratios(self, batch: list[_Encoded]) -> list[torch.Tensor]:
         """Per response, ``(n_response_tokens,)`` fp32 ``log pi - log pi_ref``; one policy, one reference forward."""
-        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        _, pad = stop_and_pad_ids(self.policy, self.tokenizer)
         input_ids, attention_mask = right_padded([e.input_ids for e in batch], pad)
         labels = torch.full_like(input_ids, -100)  # only response tokens are scored
         for row, e in enumerate(batch):

@@ -20,12 +20,12 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from .backspace import Trajectory, _base_model
+from .backspace import Trajectory
+from .modeling import core_model
 
 
 def replay_states(traj: Trajectory, bkspc_id: int) -> list[list[int]]:
@@ -45,86 +45,6 @@ def replay_states(traj: Trajectory, bkspc_id: int) -> list[list[int]]:
             alive.pop()
     states.append(alive)
     return states
-
-
-@dataclass
-class ParallelStates:
-    """One trajectory laid out for a single forward pass that yields the logits of all its decision states.
-
-    Attributes:
-        input_ids: ``(L,)`` long, prompt then stream (``L = len(prompt) + len(stream)``).
-        position_ids: ``(L,)`` long, the index of each token inside the alive sequence it was appended to (a
-            ``<bkspc>`` gets the index it would have had; its output is never read and nothing attends to it).
-        attention_mask: ``(L, L)`` bool, ``[p, q]`` true when position ``p`` attends to ``q``: exactly the tokens alive
-            in the state after processing ``p`` (``p`` itself included); a ``<bkspc>`` row attends only to itself.
-        state_index: ``(T + 1,)`` long, the physical position of the last alive token of ``u_i``, whose output
-            logits are ``u_i``'s next-token logits.
-        actions: ``(T,)`` long, the actions ``a_0 .. a_{T-1}`` (noise tokens left out).
-    """
-
-    input_ids: torch.Tensor
-    position_ids: torch.Tensor
-    attention_mask: torch.Tensor
-    state_index: torch.Tensor
-    actions: torch.Tensor
-
-
-def parallel_states(traj: Trajectory, bkspc_id: int) -> ParallelStates:
-    """Lay ``traj`` out for one forward pass (ALGORITHMS.md 3(b) option B); equals ``replay_states`` state by state.
-
-    ``states_batch`` of one trajectory (on the CPU), for inspecting a single layout.
-    """
-    batch = states_batch([traj], bkspc_id, pad_token_id=0, dtype=torch.bool)
-    return ParallelStates(
-        input_ids=batch["input_ids"][0],
-        position_ids=batch["position_ids"][0],
-        attention_mask=batch["attention_mask"][0, 0],
-        state_index=batch["state_index"][0],
-        actions=batch["actions"][0],
-    )
-
-
-def collate_states(
-    items: Sequence[ParallelStates],
-    pad_token_id: int,
-    dtype: torch.dtype = torch.float32,
-    eos_token_id: int | None = None,
-) -> dict[str, torch.Tensor]:
-    """Right-pad ``ParallelStates`` one by one, on the CPU (``states_batch`` builds the same batch in one go).
-
-    Returns:
-        ``input_ids`` ``(B, L)`` (``pad_token_id`` after each row), ``position_ids`` ``(B, L)`` (0 on padding),
-        ``attention_mask`` ``(B, 1, L, L)`` additive ``dtype`` (0 where attended, ``finfo(dtype).min`` elsewhere;
-        a padding row attends to itself only, so no row is empty), ``state_index`` ``(B, T + 1)`` and ``state_mask``
-        bool, ``actions`` ``(B, T)`` and ``action_mask`` bool (padding 0 / false), ``terminated`` ``(B,)`` bool: the
-        last action is ``eos_token_id`` (all false when it is ``None``).
-    """
-    batch, length = len(items), max(len(it.input_ids) for it in items)
-    steps = max(len(it.actions) for it in items)
-    input_ids = torch.full((batch, length), pad_token_id, dtype=torch.long)
-    position_ids = torch.zeros(batch, length, dtype=torch.long)
-    allowed = torch.eye(length, dtype=torch.bool).repeat(batch, 1, 1)
-    state_index = torch.zeros(batch, steps + 1, dtype=torch.long)
-    actions = torch.zeros(batch, steps, dtype=torch.long)
-    state_mask = torch.zeros(batch, steps + 1, dtype=torch.bool)
-    action_mask = torch.zeros(batch, steps, dtype=torch.bool)
-    terminated = torch.zeros(batch, dtype=torch.bool)
-    for b, it in enumerate(items):
-        n, t = len(it.input_ids), len(it.actions)
-        input_ids[b, :n], position_ids[b, :n], allowed[b, :n, :n] = it.input_ids, it.position_ids, it.attention_mask
-        state_index[b, : t + 1], state_mask[b, : t + 1] = it.state_index, True
-        actions[b, :t], action_mask[b, :t] = it.actions, True
-        terminated[b] = eos_token_id is not None and t > 0 and int(it.actions[-1]) == eos_token_id
-    return {
-        "input_ids": input_ids,
-        "position_ids": position_ids,
-        "attention_mask": _as_mask(allowed[:, None], dtype),
-        "state_index": state_index,
-        "state_mask": state_mask,
-        "actions": actions,
-        "action_mask": action_mask,
-        "terminated": terminated,
-    }
 
 
 def _as_mask(allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -190,8 +110,9 @@ def states_batch(
 ) -> dict[str, Any]:
     """The batch for ``state_logits`` and the SequenceMatch loss, built on ``device`` with tensor operations.
 
-    With the defaults it equals ``collate_states([parallel_states(t) for t in trajectories])`` exactly (tested against
-    the per-token construction). Two options give the same state logits from fewer tokens (tested):
+    With the defaults each trajectory has its own row, right-padded, with all its tokens fed: equal to a per-token
+    construction of the states one trajectory at a time (kept in the tests as the reference). Two options give the
+    same state logits from fewer tokens (tested):
 
     - ``feed_backspaces=False`` leaves the ``<bkspc>`` tokens out of the rows: no state reads their output and no
       position attends to them, so they only cost compute (a noise token and its ``<bkspc>`` add two tokens to a data
@@ -200,11 +121,16 @@ def states_batch(
       being padded to it; the 4-D mask is block-diagonal and positions restart in each trajectory.
 
     Returns:
-        As ``collate_states`` (``attention_mask`` in ``dtype``; ``torch.bool`` gives true = attend), over ``R`` rows
-        (``R = B`` without ``pack``), plus ``state_row`` ``(B,)`` (the row that holds each trajectory; ``state_index``
-        is a position in that row, padding states pointing at the trajectory's first token), ``state_empty``
-        ``(B, T + 1)`` (the state's completion is empty: ``<bkspc>`` is not an action there) and ``first_state``, a
-        Python int no state index is below (so ``state_logits`` needs no host sync to cut the prompt's logits).
+        Over ``R`` rows (``R = B`` without ``pack``): ``input_ids`` ``(R, L)`` (``pad_token_id`` after each row's
+        tokens), ``position_ids`` ``(R, L)`` (0 on padding), ``attention_mask`` ``(R, 1, L, L)`` in ``dtype``
+        (``torch.bool``: true = attend; a float dtype: additive, 0 where attended and ``finfo(dtype).min``
+        elsewhere; a padding position attends to itself only, so no row of the mask is empty). Per trajectory:
+        ``state_index`` ``(B, T + 1)`` and ``state_mask`` bool, ``actions`` ``(B, T)`` and ``action_mask`` bool
+        (padding 0 / false), ``terminated`` ``(B,)`` bool (the last action is ``eos_token_id``; all false when it is
+        ``None``), ``state_row`` ``(B,)`` (the row that holds each trajectory; ``state_index`` is a position in that
+        row, padding states pointing at the trajectory's first token), ``state_empty`` ``(B, T + 1)`` (the state's
+        completion is empty: ``<bkspc>`` is not an action there) and ``first_state``, a Python int no state index is
+        below (so ``state_logits`` needs no host sync to cut the prompt's logits).
     """
     if not trajectories:
         raise ValueError("`states_batch` needs at least one trajectory.")
@@ -300,7 +226,7 @@ def _mask_for(model: torch.nn.Module, mask: torch.Tensor) -> torch.Tensor:
     kernels take only a 2-D padding mask and ignore the custom one, so they are refused. Sliding-window layers are
     refused too: their window would be dropped, as the 4-D mask replaces the window mask.
     """
-    config = getattr(_base_model(model), "config", None)
+    config = getattr(core_model(model), "config", None)
     implementation = str(getattr(config, "_attn_implementation", None) or "eager")
     if "flash" in implementation:
         raise ValueError(
@@ -313,10 +239,10 @@ def _mask_for(model: torch.nn.Module, mask: torch.Tensor) -> torch.Tensor:
     allowed = mask if mask.dtype == torch.bool else mask == 0
     if implementation == "sdpa":
         return allowed
-    dtype = _base_model(model).get_input_embeddings().weight.dtype
+    dtype = core_model(model).get_input_embeddings().weight.dtype
     if mask.dtype == dtype:
         return mask
-    return torch.zeros(allowed.shape, dtype=dtype, device=mask.device).masked_fill(~allowed, torch.finfo(dtype).min)
+    return _as_mask(allowed, dtype)
 
 
 def state_logits(model: torch.nn.Module, batch: dict[str, Any]) -> torch.Tensor:
@@ -325,14 +251,14 @@ def state_logits(model: torch.nn.Module, batch: dict[str, Any]) -> torch.Tensor:
     Args:
         model: a Hugging Face causal LM (PEFT- or DDP-wrapped allowed) with ``attn_implementation`` ``"sdpa"``,
             ``"eager"`` or ``"flex_attention"``.
-        batch: ``states_batch``'s (or ``collate_states``'s) output on the model's device; its ``attention_mask`` may
-            be additive float of any dtype or bool (true = attend), and is converted for the implementation (see
-            ``_mask_for``). Packed rows are read through ``state_row``.
+        batch: ``states_batch``'s output (or a batch laid out the same way) on the model's device; its
+            ``attention_mask`` may be additive float of any dtype or bool (true = attend), and is converted for the
+            implementation (see ``_mask_for``). Packed rows are read through ``state_row``.
     Returns:
         Logits in the model's output dtype; entries where ``state_mask`` is false are padding (some position's
         logits, to be masked). Only the positions from the earliest state on are projected to the vocabulary
         (``logits_to_keep``), so the prompt's logits are never built. With ``states_batch``'s ``first_state`` this
-        needs no host sync; a ``collate_states`` batch reads its earliest state back from the device.
+        needs no host sync; a batch without it reads its earliest state back from the device.
     """
     state_index, state_mask = batch["state_index"], batch["state_mask"]
     length = batch["input_ids"].shape[1]

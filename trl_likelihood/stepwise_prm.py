@@ -30,7 +30,7 @@ from transformers import AutoModelForTokenClassification, PreTrainedTokenizerBas
 from transformers.utils.peft_utils import find_adapter_config_file
 
 from .method_settings import read_method_settings
-from .modeling import right_padded
+from .modeling import right_padded, stop_and_pad_ids
 from .prm_scorer import PRMScorer, Prompt, StepScores, aggregate_steps, check_aggregate, is_messages
 from .scoring import _load_tokenizer  # the model's tokenizer, or its base model's for an adapter saved without one
 
@@ -179,7 +179,7 @@ class StepwisePRM(PRMScorer):
     @torch.no_grad()
     def _step_logodds(self, batch: list[StepwiseTokens]) -> list[torch.Tensor]:
         """Per response, ``(n_steps,)`` fp32 ``logit_1 - logit_0`` at the step ends; one right-padded forward."""
-        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        _, pad = stop_and_pad_ids(self.model, self.tokenizer)
         input_ids, attention_mask = right_padded([t.input_ids for t in batch], pad)
         logits = self.model(input_ids=input_ids.to(self.device), attention_mask=attention_mask.to(self.device)).logits
         logodds = (logits[..., 1].float() - logits[..., 0].float()).cpu()  # (B, T)
