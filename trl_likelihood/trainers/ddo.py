@@ -372,7 +372,7 @@ class DDOTrainer(CheckpointedMethodState, MethodTrainer, LossOnlyEvaluation, SFT
 
     # ------------------------------------------------------------------ loss
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        mode = "train" if self.model.training else "eval"
+        mode = self.metric_mode
         n_real = inputs["input_ids"].size(0)
         engine = self.reference.ref_model if self.reference.kind == "model" else model
         with torch.no_grad(), self.reference.autocast(), self._reference_model(model) as ref:

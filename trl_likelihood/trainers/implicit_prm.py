@@ -249,7 +249,7 @@ class ImplicitPRMTrainer(MethodTrainer, LossOnlyEvaluation, SFTTrainer):
 
     # ------------------------------------------------------------------ loss
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        mode = "train" if self.model.training else "eval"
+        mode = self.metric_mode
         labels = inputs.pop(LABEL_COLUMN)
         policy = token_logps(model, inputs).sequence()  # (sides * examples,), the collator's side-major layout
         ref = self.reference.sequence_logps(model, inputs)

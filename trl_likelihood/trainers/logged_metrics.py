@@ -43,6 +43,11 @@ class MethodMetrics:
     _metric_prefix: str = ""
     _parent_logs_metrics_store: bool = True
 
+    @property
+    def metric_mode(self) -> str:
+        """``"train"`` or ``"eval"``: which window a record goes to (TRL's trainers read ``model.training`` so too)."""
+        return "train" if self.model.training else "eval"
+
     def _window(self, mode: str) -> MetricWindow:
         return self.__dict__.setdefault("_metric_windows", {}).setdefault(mode, MetricWindow())
 
@@ -100,7 +105,7 @@ class MethodMetrics:
         return self.window_metrics(mode, rows, means, dict(window.totals))
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
-        mode = "train" if self.model.training else "eval"
+        mode = self.metric_mode
         store = _compat.metrics_store(self, mode)
         for name, value in self._read_window(mode).items():
             store[f"{self._metric_prefix}/{name}"] = [value]

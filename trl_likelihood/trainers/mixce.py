@@ -88,7 +88,7 @@ class MixCETrainer(MethodTrainer, SFTTrainer):
         super().__init__(model, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset, **kwargs)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        mode = "train" if self.model.training else "eval"
+        mode = self.metric_mode
         inputs["use_cache"] = False
         outputs = model(**inputs, fused_lm_head=True)  # log_probs (B, T-1) fp32, zero where labels are -100
         mask = outputs.label_mask

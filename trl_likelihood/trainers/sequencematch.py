@@ -254,7 +254,7 @@ class SequenceMatchTrainer(CheckpointedMethodState, MethodTrainer, LossOnlyEvalu
     ) -> torch.Generator:
         """A generator seeded by (seed, purpose, step, rank, micro-batch): the same decisions on every process, and
         after a resume the same as in an uninterrupted run; training's own RNG (dropout, data order) is untouched."""
-        mode = mode or ("train" if self.model.training else "eval")
+        mode = mode or self.metric_mode
         tag = f"{mode}/{purpose}/{micro}"
         seed = sampling_seed(self.args.seed, self.state.global_step, self.accelerator.process_index, tag)
         return torch.Generator(device).manual_seed(seed)
@@ -269,7 +269,7 @@ class SequenceMatchTrainer(CheckpointedMethodState, MethodTrainer, LossOnlyEvalu
         """
         host = torch.stack([inputs["input_ids"], inputs["labels"], inputs["attention_mask"].long()]).tolist()
         ids, labels, att = host  # one read of the batch: the noise is drawn on the host, per row
-        mode = "train" if self.model.training else "eval"
+        mode = self.metric_mode
         rows = []
         for row, lab, mask in zip(ids, labels, att):
             n = sum(mask)
@@ -395,7 +395,7 @@ class SequenceMatchTrainer(CheckpointedMethodState, MethodTrainer, LossOnlyEvalu
     ) -> torch.Tensor:
         """BC on ``data``, and with ``with_sm`` the mixture with L_SM on ``data`` and ``rollouts``, from one forward
         pass over all their states (built on ``device``; rows shared where trajectories fit, no ``<bkspc>`` fed)."""
-        mode = "train" if self.model.training else "eval"
+        mode = self.metric_mode
         trajectories = data + rollouts
         batch = states_batch(
             trajectories,

@@ -346,7 +346,7 @@ class StepwisePRMTrainer(MethodTrainer, _TokenisedStepwiseData, Trainer):
         self._metrics = {"train": defaultdict(list), "eval": defaultdict(list)}  # where TRL's trainers keep theirs
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        mode = "train" if self.model.training else "eval"
+        mode = self.metric_mode
         labels = inputs["labels"]
         outputs = model(input_ids=inputs["input_ids"], attention_mask=inputs.get("attention_mask"))
         loss = stepwise_prm_loss(outputs.logits, labels, num_items_in_batch)
