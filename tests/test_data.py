@@ -263,3 +263,15 @@ def test_trainer_names_the_bad_eval_split(tiny_model_dir, lm_dataset, tmp_path):
         MixCETrainer(model=tiny_model_dir, args=args, train_dataset=lm_dataset, eval_dataset=evals)
     trainer = MixCETrainer(model=tiny_model_dir, args=args, train_dataset=lm_dataset, eval_dataset=lm_dataset)
     assert trainer.state.global_step == 0  # construction with good data works and nothing has trained
+
+
+@pytest.mark.parametrize("name", ["org/name/sub", "C:\\data\\train", "~/train", "./train", "/abs/train"])
+def test_a_dataset_path_follows_the_models_local_rule(name):
+    """One rule for "local path or Hub id" (``paths.looks_local``): a name a model would take for a missing local
+    path is one for a dataset too, named before ``datasets`` tries the Hub with it."""
+    from trl_likelihood.data import hub_dataset_id, load_training_dataset
+    from trl_likelihood.paths import looks_local
+
+    assert looks_local(name) and hub_dataset_id(name) is None
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load_training_dataset(name)

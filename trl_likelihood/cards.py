@@ -7,7 +7,6 @@ folder's last component) only in the text, which says why the metadata has no ``
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from importlib import resources
 from importlib.metadata import PackageNotFoundError, version
@@ -17,6 +16,7 @@ from typing import Any
 from huggingface_hub import ModelCard, ModelCardData
 
 from .data import hub_dataset_id
+from .paths import is_local_path
 
 TRL_CITATION = """\
 @software{vonwerra2020trl,
@@ -52,22 +52,6 @@ def template_path(name: str) -> Path:
     if source_tree.is_file():
         return source_tree
     raise FileNotFoundError(f"Model-card template {name!r} is neither in the package nor in hub_cards/.")
-
-
-def looks_local(name_or_path: str) -> bool:
-    """A path meant to be on this machine, whether or not it exists: absolute, from ``.`` or ``~``, with a backslash,
-    or with more than one ``/`` (a Hub model id is ``name`` or ``owner/name``)."""
-    return (
-        os.path.isabs(name_or_path)
-        or name_or_path.startswith((".", "~"))
-        or "\\" in name_or_path
-        or name_or_path.count("/") > 1
-    )
-
-
-def is_local_path(name_or_path: str) -> bool:
-    """True for a path on this machine (one that looks local, or exists), false for a Hub id."""
-    return looks_local(name_or_path) or os.path.exists(os.path.expanduser(name_or_path))
 
 
 def hub_model_id(name_or_path: str | None) -> str | None:

@@ -47,9 +47,9 @@ from trl import (
     get_quantization_config,
 )
 
-from .cards import is_local_path
 from .data import hub_dataset_id, load_training_dataset
 from .methods import METHODS, PROG
+from .paths import is_local_path
 from .trainers.config_checks import check_model_path
 
 if TYPE_CHECKING:

@@ -17,6 +17,8 @@ import pyarrow.compute as pc
 from datasets import Dataset, DatasetDict, IterableDataset, IterableDatasetDict, load_dataset, load_from_disk
 from transformers import PreTrainedTokenizerBase
 
+from .paths import is_local_path, looks_local
+
 _FILE_BUILDERS = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".csv": "csv", ".txt": "text"}
 _COMPRESSIONS = (".gz", ".bz2", ".xz", ".zst")
 
@@ -30,17 +32,16 @@ def _data_file_ext(path: str) -> str:
 
 
 def _looks_local(name_or_path: str) -> bool:
-    """A path the user meant to be on this machine; a Hub id is ``name`` or ``owner/name`` without a data suffix."""
-    return name_or_path.startswith(("/", ".", "~")) or _data_file_ext(name_or_path) in _FILE_BUILDERS
+    """A path meant to be on this machine (``paths.looks_local``), or a data file name: a Hub dataset id has no data
+    suffix."""
+    return looks_local(name_or_path) or _data_file_ext(name_or_path) in _FILE_BUILDERS
 
 
 def hub_dataset_id(name_or_path: Any) -> str | None:
     """``name_or_path`` if it names a Hub dataset, ``None`` for local paths and objects: only Hub ids go on a card."""
     if not isinstance(name_or_path, str) or not name_or_path:
         return None
-    if _looks_local(name_or_path) or os.path.exists(os.path.expanduser(name_or_path)):
-        return None
-    return name_or_path
+    return None if is_local_path(name_or_path) or _looks_local(name_or_path) else name_or_path
 
 
 def load_training_dataset(

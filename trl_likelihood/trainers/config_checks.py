@@ -6,11 +6,11 @@ import math
 import os
 from typing import Any
 
-from ..cards import looks_local
+from ..paths import looks_local
 
 
 def check_model_path(model: Any) -> None:
-    """A model path meant to be local (``cards.looks_local``) that does not exist is named here: transformers would
+    """A model path meant to be local (``paths.looks_local``) that does not exist is named here: transformers would
     take it for a Hub id and fail with a repo-id or "couldn't connect to huggingface.co" error instead."""
     if isinstance(model, str) and looks_local(model) and not os.path.exists(os.path.expanduser(model)):
         raise FileNotFoundError(

@@ -17,7 +17,8 @@ from collections.abc import Iterator
 from typing import Any
 
 from .. import _compat
-from ..cards import is_local_path, public_model_name
+from ..cards import public_model_name
+from ..paths import is_local_path
 
 # Names of settings that carry credentials, at any depth of the training arguments (``hub_token``, a ``token`` in
 # ``model_init_kwargs`` to load a gated model, an ``api_key``...): ``torch.save(args)`` would publish them with the
