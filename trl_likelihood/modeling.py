@@ -1,6 +1,6 @@
 """Small facts about feeding a model, each written once: the model inside a DDP wrapper, eval mode for a block of work
-that must not see dropout (the mode given back after it), a right-padded batch of token rows, and the ids that end or
-pad a sample."""
+that must not see dropout (the mode given back after it), a right-padded batch of token rows, the ids that end or pad
+a sample, and where the prompt of a tokenized SFT row ends."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from typing import Any
 import torch
 
 from ._compat import pad
+from .losses import IGNORE_INDEX
 
 
 @contextmanager
@@ -45,3 +46,18 @@ def stop_and_pad_ids(model: torch.nn.Module, tokenizer: Any) -> tuple[list[int],
     eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
     stops = sorted({tokenizer.eos_token_id, *([eos] if isinstance(eos, int) else eos or [])} - {None})
     return stops, tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stops[0]
+
+
+def prompt_end(labels: Sequence[int], length: int | None = None) -> int:
+    """Where the prompt of a tokenized SFT row ends: the index of its first scored token, the first that is sampled
+    rather than given (DDO's fakes and SequenceMatch's rollouts continue ``row[:prompt_end]``).
+
+    ``labels`` are the row's as TRL's SFT preparation writes them, ``-100`` on every token that is not a target (the
+    prompt under ``completion_only_loss``, other turns under ``assistant_only_loss``, padding); a row without
+    ``labels`` is scored whole, as SFT's collator reads it (pass its ``input_ids``). ``length`` is the number of real
+    tokens (default ``len(labels)``). Token 0 is never a target (nothing predicts it), so the prompt is at least
+    that token: BOS, or the first token of plain text. A row with no scored token is all prompt but its last token,
+    so every row has a prompt and a token after it (a one-token row: that token).
+    """
+    n = len(labels) if length is None else length
+    return next((i for i in range(1, n) if labels[i] != IGNORE_INDEX), max(n - 1, 1))

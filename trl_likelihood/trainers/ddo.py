@@ -7,9 +7,10 @@ GAN Discriminator", ICML 2025, arXiv:2503.01103. Code: NVlabs/DDO (VAR trainer).
 
 Choices made here:
 - Real rows are SFT's batches (language modelling, prompt-completion or conversational data, tokenised by SFT). The
-  prompt of a row is everything before its first scored token: the first token for plain text (BOS where the
-  tokenizer adds one), the prompt for prompt-completion data. Fakes are reference samples for the same prompts, one
-  per real row, so real and fake deltas condition on the same tokens [code: same class labels as the real batch].
+  prompt of a row is everything before its first scored token (``modeling.prompt_end``): the first token for plain
+  text (BOS where the tokenizer adds one), the prompt for prompt-completion data. Fakes are reference samples for
+  the same prompts, one per real row, so real and fake deltas condition on the same tokens [code: same class labels
+  as the real batch].
 - Fakes are fresh every step by default (``fake_pool="online"``), plain sampling (temperature 1, no top-k/top-p)
   [code]. Their length is capped by ``max_new_tokens``, by default the longest real completion of the batch, so fakes
   cannot be longer than the data they are compared with (DDO learns "long = fake" otherwise, ALGORITHMS.md 5(f)).
@@ -50,7 +51,7 @@ from ..data import checked_sft_datasets
 from ..generation import append_completions, sample_completions, sampling_seed
 from ..losses import IGNORE_INDEX, ddo_loss
 from ..methods import METHODS
-from ..modeling import stop_and_pad_ids, unwrap_ddp
+from ..modeling import prompt_end, stop_and_pad_ids, unwrap_ddp
 from ..ratio import adapter_disabled, build_reference, token_logps, trainable_snapshot, weights_swapped
 from .base import (
     CardMixin,
@@ -336,11 +337,9 @@ class DDOTrainer(CheckpointedMethodState, CardMixin, LossOnlyEvaluation, SFTTrai
         ids, labels, att = real["input_ids"], real["labels"], real["attention_mask"]
         if not bool(att[:, 0].all()):
             raise ValueError("DDO expects right-padded batches (SFT's collator); got a row starting with padding.")
-        scored = labels != IGNORE_INDEX
-        scored[:, 0] = False  # the first token has no context and is never scored
-        first = torch.where(scored.any(1), scored.int().argmax(1), torch.ones_like(scored[:, 0], dtype=torch.long))
-        keys = [tuple(row[: int(n)]) for row, n in zip(ids.tolist(), att.sum(1).tolist())]
-        prompts = [row[: int(f)] for row, f in zip(ids.tolist(), first.tolist())]
+        rows, lengths = ids.tolist(), [int(n) for n in att.sum(1).tolist()]
+        keys = [tuple(row[:n]) for row, n in zip(rows, lengths)]
+        prompts = [row[: prompt_end(lab, n)] for row, lab, n in zip(rows, labels.tolist(), lengths)]
         todo = [
             i for i, k in enumerate(keys) if self.args.fake_pool == "online" or mode == "eval" or k not in self._pool
         ]
@@ -351,7 +350,7 @@ class DDOTrainer(CheckpointedMethodState, CardMixin, LossOnlyEvaluation, SFTTrai
             # throwaway row alongside the others, with a generator of its own (its seeded draws do not shift).
             rows = todo or [0]
             generator = self._generator(mode, ids.device) if todo else torch.Generator(ids.device).manual_seed(0)
-            longest = int(scored.sum(1).max())
+            longest = int((labels[:, 1:] != IGNORE_INDEX).sum(1).max())  # token 0 is never scored
             budget = (self.args.max_length or 10**9) - max(len(prompts[i]) for i in rows)
             if budget < 1:
                 raise ValueError(f"A prompt fills `max_length`={self.args.max_length}: no room for a fake completion.")

@@ -63,7 +63,7 @@ from ..data import checked_sft_datasets
 from ..generation import sample_with_backspace, sampling_seed
 from ..losses import IGNORE_INDEX, action_nll, sequence_nll, sequencematch_loss
 from ..methods import METHODS
-from ..modeling import stop_and_pad_ids
+from ..modeling import prompt_end, stop_and_pad_ids
 from ..states import state_logits, states_batch
 from .base import (
     CardMixin,
@@ -278,8 +278,7 @@ class SequenceMatchTrainer(CheckpointedMethodState, DeviceMetrics, CardMixin, Lo
         rows = []
         for row, lab, mask in zip(ids, labels, att):
             n = sum(mask)
-            scored = [i for i in range(1, n) if lab[i] != IGNORE_INDEX]
-            start = scored[0] if scored else n - 1
+            start = prompt_end(lab, n)
             rows.append((row[:start], row[start:n], [lab[i] != IGNORE_INDEX or i == start for i in range(start, n)]))
         out = []
         for prompt, completion, is_action in rows:
