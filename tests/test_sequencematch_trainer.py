@@ -135,6 +135,22 @@ def test_resume_mid_run_restores_the_replay_buffer(tiny_model_dir, prompt_comple
         torch.testing.assert_close(p, q, atol=1e-6, rtol=1e-5, msg=name)
 
 
+def test_rollouts_continue_the_rows_prompts_and_noise_comes_from_completions(
+    tiny_model_dir, prompt_completion_dataset, tmp_path
+):
+    """Rollout prompts and noise tokens come from what SFT prepared (``labels``; TRL 1.16 folds ``completion_mask``
+    into them): a rollout continues its row's prompt, not the row's first token alone."""
+    trainer = SequenceMatchTrainer(
+        model=tiny_model_dir, args=_args(tmp_path, "prompts"), train_dataset=prompt_completion_dataset
+    )
+    tok = trainer.processing_class
+    prompts, _ = trainer._rollout_prompts(6, torch.Generator().manual_seed(0))
+    texts = set(prompt_completion_dataset["prompt"])
+    assert all(tok.decode(p) in texts for p in prompts), [tok.decode(p) for p in prompts]
+    scored = {t for row in trainer.train_dataset["labels"] for t in row[1:] if t != -100}
+    assert set(trainer._noise_ids) == scored - set(tok.all_special_ids)
+
+
 @pytest.mark.parametrize(
     "field, value",
     [("gamma", 0.0), ("gamma", 1.5), ("chi2_coef", -0.1), ("noise_prob", 1.0), ("noise_prob", -0.1),

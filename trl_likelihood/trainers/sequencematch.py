@@ -301,16 +301,16 @@ class SequenceMatchTrainer(CheckpointedMethodState, DeviceMetrics, CardMixin, Lo
         return out
 
     def _noise_token_ids(self) -> list[int]:
-        """Noise tokens: those of the training completions (the first 10,000 rows) for ``noise_source="data"``, else
-        the whole vocabulary; never a special token or ``<bkspc>``. Fixed for the run, so no batch changes them."""
+        """Noise tokens: those of the training completions (the scored tokens of the first 10,000 rows) for
+        ``noise_source="data"``, else the whole vocabulary; never a special token or ``<bkspc>``. Fixed for the run,
+        so no batch changes them."""
         ids: set[int] = set()
         dataset = self.train_dataset
         if self.args.noise_source == "data" and dataset is not None and hasattr(dataset, "select"):
             rows = dataset.select(range(min(len(dataset), 10_000)))
-            masks = rows["completion_mask"] if "completion_mask" in rows.column_names else None
-            for i, tokens in enumerate(rows["input_ids"]):
-                mask = masks[i] if masks is not None else [0] + [1] * (len(tokens) - 1)
-                ids.update(t for t, m in zip(tokens, mask) if m)
+            column = "labels" if "labels" in rows.column_names else "input_ids"  # as SFT's collator reads a row
+            for labels in rows[column]:
+                ids.update(t for t in labels[1:] if t != IGNORE_INDEX)  # token 0 is never a target
         ids -= self._special
         if len(ids) < 2:
             ids = set(range(self._vocab_size)) - self._special
@@ -324,8 +324,7 @@ class SequenceMatchTrainer(CheckpointedMethodState, DeviceMetrics, CardMixin, Lo
         for i in index:
             row = dataset[i]
             ids = row["input_ids"]
-            mask = row.get("completion_mask") or row.get("assistant_masks")
-            start = next((j for j, m in enumerate(mask) if m and j > 0), len(ids) - 1) if mask else 1
+            start = prompt_end(row.get("labels", ids))  # a row without labels is scored whole, as SFT's collator
             prompts.append(ids[:start])
             longest = max(longest, len(ids) - start)
         return prompts, longest
