@@ -6,16 +6,16 @@ and SequenceMatch for ARM_STEPS more. The 3-seed version with the full schedule 
 ``benchmarks/efficacy_sequencematch.py``. The control that passes if the method learnt nothing is the MLE arm: it never
 emits <bkspc>, so a forced wrong digit stays and its recovery is 0.
 
-Measured on this configuration (seed 0, 1 thread; MLE / BC / SM): clean accuracy 0.932 / 0.972 / 0.944; recovery
-from a wrong 2nd digit 0 / 0.796 / 0.766, from a wrong 1st digit 0 / 0.062 / 0.094, from two wrong digits 0 / 0.068 /
-0.082; held-out NLL 0.033 / 0.029 / 0.048. (Before issue 16, which left the <bkspc> tokens out of the forward pass and
-shares rows between trajectories, the same seed gave BC 0.898 / 0.756 / 0.100 / 0.092 / 0.068 and SM 0.926 / 0.786 /
-0.104 / 0.098 / 0.043: the same states and logits up to float rounding, which 1,300 steps amplify.) The computation
-takes 195 s of CPU time on one core (MLE warm start 59 s, BC warm start 66 s, MLE 18 s, BC 21 s, SM 31 s; 236 s
-before issue 16, of which the two MLE runs, SFTTrainer's, are 77 s either way). At this short
-schedule the models have not yet learnt to check the first answer digit (with the full 2,000-step warm start BC and SM
-recover from it ~0.87 of the time), so the large effect is asserted on the 2nd digit and only a clear one on the
-others.
+Measured on this configuration (seed 0, 1 thread; MLE / BC / SM), since rollouts start from the training prompts and
+noise tokens are answer digits only (``modeling.prompt_end``; before, TRL 1.16's dropped ``completion_mask`` made every
+rollout start from <bos> alone and let ``+``/``=`` be noise): clean accuracy 0.932 / 0.938 / 0.894; recovery from a
+wrong 2nd digit 0 / 0.746 / 0.756, from a wrong 1st digit 0 / 0.754 / 0.768, from two wrong digits 0 / 0.594 / 0.656;
+held-out NLL 0.033 / 0.036 / 0.047. (Before that fix: BC 0.972 / 0.796 / 0.062 / 0.068 / 0.029 and SM 0.944 / 0.766 /
+0.094 / 0.082 / 0.048; the models had not learnt to check the first answer digit.) The assertions are unchanged; the
+tightest is SM's clean accuracy against BC's (0.894 >= 0.888). The computation takes 195 s of CPU time on one core of
+an idle machine (MLE warm start 59 s, BC warm start 66 s, MLE 18 s, BC 21 s, SM 31 s; before the fix), and 255 s
+with the fix under a load average of 3-5 on the 2 cores (235 s before the fix under the same load); where the time goes
+and the shorter settings that were tried: ``benchmarks/results/speed-sequencematch.md``, "The efficacy fixture".
 """
 
 from __future__ import annotations
