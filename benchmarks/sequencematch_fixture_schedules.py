@@ -24,13 +24,11 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import torch  # noqa: E402
 from transformers import AutoModelForCausalLM, TrainerCallback  # noqa: E402
-from trl import SFTConfig, SFTTrainer  # noqa: E402
 
 from trl_likelihood.lab.addition import AdditionTask, addition_metrics  # noqa: E402
-from trl_likelihood.lab.backtracking import SMSetup, _config  # noqa: E402
+from trl_likelihood.lab.backtracking import SMSetup, mle_trainer, sequencematch_trainer  # noqa: E402
 from trl_likelihood.lab.experiments import _fit, quiet_logs  # noqa: E402
 from trl_likelihood.lab.models import tiny_causal_lm  # noqa: E402
-from trl_likelihood.trainers import SequenceMatchConfig, SequenceMatchTrainer  # noqa: E402
 
 KINDS = ("first", "later", "two")
 
@@ -87,22 +85,9 @@ def main(argv: list[str] | None = None) -> None:
 
     def train(model, steps: int, callback, sm_weight: float | None):
         if sm_weight is None:
-            config = SFTConfig(**_config(setup, f"{tmp}/run", steps, task))
-            trainer = SFTTrainer(model, args=config, train_dataset=task.dataset("train"), processing_class=tokenizer)
+            trainer = mle_trainer(setup, model, f"{tmp}/run", steps, task)
         else:
-            method = dict(
-                noise_prob=setup.noise_prob,
-                sm_weight=sm_weight,
-                chi2_coef=setup.chi2_coef,
-                replay_buffer_size=setup.replay_buffer_size,
-                replay_refresh_steps=setup.replay_refresh_steps,
-                rollouts_per_refresh=setup.rollouts_per_refresh,
-                rollout_max_new_tokens=2 * (task.digits + 1) + 4,
-            )
-            config = SequenceMatchConfig(**_config(setup, f"{tmp}/run", steps, task, **method))
-            trainer = SequenceMatchTrainer(
-                model, args=config, train_dataset=task.dataset("train"), processing_class=tokenizer
-            )
+            trainer = sequencematch_trainer(setup, model, f"{tmp}/run", steps, task, sm_weight)
         return _fit(trainer, callback)
 
     def fresh():

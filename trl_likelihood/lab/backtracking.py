@@ -68,7 +68,10 @@ def _config(setup: SMSetup, output_dir: str, steps: int, task: AdditionTask, **m
     )
 
 
-def _sequencematch(setup: SMSetup, model: Any, output_dir: str, steps: int, task: AdditionTask, sm_weight: float):
+def sequencematch_trainer(
+    setup: SMSetup, model: Any, output_dir: str, steps: int, task: AdditionTask, sm_weight: float
+) -> SequenceMatchTrainer:
+    """The BC (``sm_weight=0``) or SequenceMatch arm of ``setup``, ready to train."""
     config = SequenceMatchConfig(
         **_config(
             setup,
@@ -84,16 +87,15 @@ def _sequencematch(setup: SMSetup, model: Any, output_dir: str, steps: int, task
             rollout_max_new_tokens=2 * (task.digits + 1) + 4,
         )
     )
-    trainer = SequenceMatchTrainer(
+    return SequenceMatchTrainer(
         model, args=config, train_dataset=task.dataset("train"), processing_class=task.tokenizer()
     )
-    return _fit(trainer)
 
 
-def _mle(setup: SMSetup, model: Any, output_dir: str, steps: int, task: AdditionTask):
+def mle_trainer(setup: SMSetup, model: Any, output_dir: str, steps: int, task: AdditionTask) -> SFTTrainer:
+    """The MLE control of ``setup`` (``SFTTrainer`` on clean data), ready to train."""
     config = SFTConfig(**_config(setup, output_dir, steps, task))
-    trainer = SFTTrainer(model, args=config, train_dataset=task.dataset("train"), processing_class=task.tokenizer())
-    return _fit(trainer)
+    return SFTTrainer(model, args=config, train_dataset=task.dataset("train"), processing_class=task.tokenizer())
 
 
 def sequencematch_vs_bc(
@@ -122,21 +124,22 @@ def sequencematch_vs_bc(
 
     metrics, trainers = {}, {}
     mle_warm = os.path.join(output_dir, "mle-warm")
-    _mle(setup, fresh(), mle_warm, setup.warm_steps, task).save_model(mle_warm)
+    _fit(mle_trainer(setup, fresh(), mle_warm, setup.warm_steps, task)).save_model(mle_warm)
     done("MLE warm start")
     bc_warm = os.path.join(output_dir, "bc-warm")
-    warm = _sequencematch(setup, fresh(), bc_warm, setup.warm_steps, task, sm_weight=0.0)
+    warm = _fit(sequencematch_trainer(setup, fresh(), bc_warm, setup.warm_steps, task, sm_weight=0.0))
     warm.save_model(bc_warm)
     metrics["BC-warm"] = evaluate(warm.model)
     done("BC warm start")
-    trainers["MLE"] = _mle(
-        setup, AutoModelForCausalLM.from_pretrained(mle_warm), f"{output_dir}/mle", setup.arm_steps, task
+    trainers["MLE"] = _fit(
+        mle_trainer(setup, AutoModelForCausalLM.from_pretrained(mle_warm), f"{output_dir}/mle", setup.arm_steps, task)
     )
     metrics["MLE"] = evaluate(trainers["MLE"].model)
     done("MLE")
     for name, weight in (("BC", 0.0), ("SM", setup.sm_weight)):
         model = AutoModelForCausalLM.from_pretrained(bc_warm)
-        trainers[name] = _sequencematch(setup, model, f"{output_dir}/{name.lower()}", setup.arm_steps, task, weight)
+        out = f"{output_dir}/{name.lower()}"
+        trainers[name] = _fit(sequencematch_trainer(setup, model, out, setup.arm_steps, task, weight))
         metrics[name] = evaluate(trainers[name].model)
         done(name)
     return {"metrics": metrics, "trainers": trainers, "task": task, "setup": asdict(setup)}
