@@ -22,6 +22,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import torch  # noqa: E402
+from studies import setup_from_args  # noqa: E402
 
 from trl_likelihood.lab.backtracking import SMSetup, sequencematch_vs_bc  # noqa: E402
 from trl_likelihood.lab.experiments import quiet_logs  # noqa: E402
@@ -45,15 +46,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
     quiet_logs()
-    setup = SMSetup(
-        seed=args.seed,
-        warm_steps=args.warm_steps,
-        arm_steps=args.arm_steps,
-        eval_problems=args.eval_problems,
-        hidden_size=args.hidden_size,
-        batch_size=args.batch_size,
-        learning_rate=args.learning_rate,
-    )
+    setup = setup_from_args(SMSetup, args)  # every flag named as an SMSetup field
     print(f"load average at start: {os.getloadavg()}", flush=True)
     stages, last = [], [time.perf_counter(), time.process_time()]
 

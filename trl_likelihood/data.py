@@ -41,7 +41,7 @@ def hub_dataset_id(name_or_path: Any) -> str | None:
     """``name_or_path`` if it names a Hub dataset, ``None`` for local paths and objects: only Hub ids go on a card."""
     if not isinstance(name_or_path, str) or not name_or_path:
         return None
-    return None if is_local_path(name_or_path) or _looks_local(name_or_path) else name_or_path
+    return None if is_local_path(name_or_path) or _data_file_ext(name_or_path) in _FILE_BUILDERS else name_or_path
 
 
 def load_training_dataset(
