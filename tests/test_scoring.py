@@ -307,3 +307,37 @@ def test_chat_template_that_rewrites_the_response_raises(prm, tokenizer):
     assert scorer.score(messages, ["red dog.", "ok"]).num_tokens[0] > 0  # nothing to trim: scored
     with pytest.raises(ValueError, match="verbatim"):
         scorer.score(messages, STEPS)  # STEPS[0] starts with a space
+
+
+@pytest.mark.parametrize("rows_per_chunk", ["all", "one"])
+def test_cpu_scoring_route_equals_the_fused_head(tiny_model_dir, adapter_dir, monkeypatch, rows_per_chunk):
+    """On CPU ``scoring_token_logps`` reads the model's own logits from the first scored position on, in row chunks;
+    it must give the fused head's log-probs on right-padded rows whose prompts end at different places, with the
+    adapter on and disabled."""
+    from trl_likelihood import ratio
+
+    if rows_per_chunk == "one":
+        monkeypatch.setattr(ratio, "SCORING_LOGITS_PER_CHUNK", 1)
+    lengths, prompt_ends = [9, 14, 5], [4, 2, 3]
+    torch.manual_seed(0)
+    input_ids = torch.zeros(3, max(lengths), dtype=torch.long)
+    attention_mask = torch.zeros_like(input_ids)
+    labels = torch.full_like(input_ids, -100)
+    for row, (n, p) in enumerate(zip(lengths, prompt_ends)):
+        input_ids[row, :n] = torch.randint(3, 200, (n,))
+        attention_mask[row, :n] = 1
+        labels[row, p:n] = input_ids[row, p:n]
+    batch = {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    peft_model = ImplicitPRM.from_pretrained(adapter_dir, reference="base").policy
+    for target in (model, peft_model):
+        ratio.ensure_fused_head(target)
+    got = [(ratio.scoring_token_logps(m, batch), ratio.token_logps(m, batch)) for m in (model, peft_model)]
+    with ratio.adapter_disabled(peft_model) as base:
+        got.append((ratio.scoring_token_logps(base, batch), ratio.token_logps(base, batch)))
+    for fast, fused in got:
+        assert fast.outputs is None and fused.outputs is not None  # the model's own head on CPU, not TRL's
+        assert torch.equal(fast.mask, fused.mask) and fast.mask.sum() == sum(lengths) - sum(prompt_ends)
+        assert (fast.logps[~fast.mask] == 0).all() and (fast.logps[fast.mask] < 0).all()
+        torch.testing.assert_close(fast.logps, fused.logps, rtol=0, atol=TOKEN_TOL)
+    assert not torch.allclose(got[1][0].logps, got[2][0].logps)  # the adapter changes them: it was really on

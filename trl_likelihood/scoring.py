@@ -21,7 +21,8 @@ Choices made here:
   ``q_t`` is read after the longest run of tokens that shows nothing of step t+1, and every response token belongs
   to exactly one step (a token straddling a boundary counts where it ends, once it is complete).
 - ``reference="base"`` is the policy with its PEFT adapter disabled: one model in memory, two forwards a batch.
-- Log-probs come from ``ratio.token_logps`` (TRL's fused head, fp32); step sums are accumulated in float64.
+- Log-probs are fp32, from ``ratio.scoring_token_logps``: TRL's fused head where it has a Triton kernel, the model's
+  own head on the scored positions elsewhere (CPU); step sums are accumulated in float64.
 Tests check the identity: the step rewards sum to ``beta`` times a naive full-logits log-ratio of the response.
 """
 
@@ -34,14 +35,14 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from accelerate.utils import is_peft_model
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
 from transformers.utils.peft_utils import find_adapter_config_file
 
+from ._compat import is_peft
 from .method_settings import read_method_settings
-from .modeling import eval_mode, right_padded, stop_and_pad_ids, tokenize_prompt_completion, unwrap_ddp
+from .modeling import eval_mode, right_padded, stop_and_pad_ids, tokenize_prompt_completion
 from .prm_scorer import AGGREGATES, PRMScorer, Prompt, StepScores, aggregate_steps, check_aggregate, is_messages
-from .ratio import adapter_disabled, ensure_fused_head, token_logps
+from .ratio import adapter_disabled, ensure_fused_head, scoring_token_logps
 
 DEFAULT_BETA = 0.05  # ImplicitPRMConfig's default, for a policy saved without its settings
 __all__ = ["AGGREGATES", "ImplicitPRM", "StepScores", "aggregate_steps", "likelihood_ratio_score"]
@@ -68,7 +69,7 @@ def _load_model(name_or_path: str, model_kwargs: dict[str, Any]) -> torch.nn.Mod
 def _load_tokenizer(source: Any, policy: torch.nn.Module) -> PreTrainedTokenizerBase:
     """The policy's tokenizer: from its path, else (an adapter saved without one) from its base model's path."""
     candidates = [str(source)] if isinstance(source, str | os.PathLike) else []
-    if is_peft_model(policy):
+    if is_peft(policy):
         candidates.append(policy.peft_config[policy.active_adapter].base_model_name_or_path)
     candidates.append(getattr(policy, "name_or_path", None))
     errors = []
@@ -142,7 +143,7 @@ class ImplicitPRM(PRMScorer):
         self.policy = policy if isinstance(policy, torch.nn.Module) else _load_model(policy, model_kwargs)
         self.reference_is_base = isinstance(reference, str) and reference == "base"
         if self.reference_is_base:
-            if not is_peft_model(self.policy):
+            if not is_peft(self.policy):
                 raise ValueError("`reference='base'` needs a PEFT adapter as policy; pass a reference model or path.")
             self.reference = self.policy  # the same object, run with its adapter disabled
         elif isinstance(reference, torch.nn.Module):
@@ -225,12 +226,12 @@ class ImplicitPRM(PRMScorer):
             labels[row, e.prompt_len : len(e.input_ids)] = input_ids[row, e.prompt_len : len(e.input_ids)]
         inputs = {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
         inputs = {k: v.to(self.device) for k, v in inputs.items()}
-        policy = token_logps(self.policy, inputs).logps
+        policy = scoring_token_logps(self.policy, inputs).logps
         if self.reference_is_base:
             with adapter_disabled(self.policy) as base:
-                reference = token_logps(base, inputs).logps
+                reference = scoring_token_logps(base, inputs).logps
         else:
-            reference = token_logps(self.reference, inputs).logps
+            reference = scoring_token_logps(self.reference, inputs).logps
         delta = (policy - reference).cpu()  # (B, T-1): position j predicts token j + 1
         return [delta[row, e.prompt_len - 1 : len(e.input_ids) - 1] for row, e in enumerate(batch)]
 
@@ -312,9 +313,9 @@ def sequence_log_likelihood(
             batch = _padded_batch(rows[start : start + batch_size], device)
             if reference_adapter_disabled:
                 with adapter_disabled(model) as base:
-                    lp = token_logps(base, batch)
+                    lp = scoring_token_logps(base, batch)
             else:
-                lp = token_logps(model, batch)
+                lp = scoring_token_logps(model, batch)
             sums.append(lp.logps.double().sum(-1).cpu())  # unscored positions hold 0
             counts.append(lp.mask.sum(-1).cpu())
     return torch.cat(sums), torch.cat(counts)
@@ -346,7 +347,7 @@ def likelihood_ratio_score(
     Returns:
         ``(n,)`` float64, in nats (per token with ``normalize``); higher means more like the fine-tuning data.
     """
-    if reference is None and not is_peft_model(unwrap_ddp(model)):
+    if reference is None and not is_peft(model):
         raise ValueError("`reference=None` needs a PEFT model (the base is the model with its adapter disabled).")
     log_p, num_tokens = sequence_log_likelihood(model, texts, tokenizer, batch_size=batch_size)
     if reference is None:
