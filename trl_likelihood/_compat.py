@@ -7,6 +7,7 @@ moves something breaks this file and its test, nowhere else. Checked on TRL 1.16
 from __future__ import annotations
 
 import copy
+import functools
 import os
 import shutil
 import tempfile
@@ -73,12 +74,25 @@ PRIVATE_METHODS: dict[str, tuple[str, ...]] = {
 
 
 def is_peft(model: Any) -> bool:
-    """True for a PEFT model, also when wrapped by DDP (accelerate's helper, re-exported for one import site)."""
-    from accelerate.utils import is_peft_model
+    """True for a PEFT model, also when wrapped by DDP or an engine (``.module``).
 
+    Accelerate's ``is_peft_model`` asks ``importlib.metadata`` whether PEFT is installed on every call (about 5 ms),
+    and this runs on every training step (``modeling.core_model``), so the answer is read once."""
     from .modeling import unwrap_ddp
 
-    return is_peft_model(unwrap_ddp(model))
+    peft_model = _peft_model_class()
+    return peft_model is not None and isinstance(unwrap_ddp(model), peft_model)
+
+
+@functools.cache
+def _peft_model_class() -> type | None:
+    from accelerate.utils import is_peft_available
+
+    if not is_peft_available():
+        return None
+    from peft import PeftModel
+
+    return PeftModel
 
 
 def trl_version_is_tested() -> bool:
