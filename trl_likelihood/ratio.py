@@ -1,7 +1,9 @@
 """The likelihood-ratio core: per-token and per-sequence log-probs of scored tokens under a policy and a reference.
 
 Shared by the implicit PRM (the reward is ``beta * log pi/pi_ref``) and DDO (the discriminator is the same ratio).
-Log-probs come from TRL's fused LM head in fp32, so the ``(B, T, V)`` logits are never built. The reference is one of:
+Log-probs come from TRL's fused LM head in fp32, so the ``(B, T, V)`` logits are never built; scoring without a
+gradient on CPU, where that head has no Triton kernel, reads the model's own logits instead
+(``scoring_token_logps``). The reference is one of:
 
 - ``"adapter"``: the PEFT model with its adapter disabled, so no second copy of the weights is in memory;
 - ``"model"``: an explicit frozen model (given by the user, or a copy of the policy at the start);
