@@ -76,7 +76,7 @@ PRIVATE_METHODS: dict[str, tuple[str, ...]] = {
 def is_peft(model: Any) -> bool:
     """True for a PEFT model, also when wrapped by DDP or an engine (``.module``).
 
-    Accelerate's ``is_peft_model`` asks ``importlib.metadata`` whether PEFT is installed on every call (about 5 ms),
+    Accelerate's ``is_peft_model`` asks ``importlib.metadata`` whether PEFT is installed on every call (2.7 ms idle),
     and this runs on every training step (``modeling.core_model``), so the answer is read once."""
     from .modeling import unwrap_ddp
 
