@@ -309,15 +309,16 @@ def test_chat_template_that_rewrites_the_response_raises(prm, tokenizer):
         scorer.score(messages, STEPS)  # STEPS[0] starts with a space
 
 
-@pytest.mark.parametrize("rows_per_chunk", ["all", "one"])
+@pytest.mark.parametrize("rows_per_chunk", ["all", "one", "none"])
 def test_cpu_scoring_route_equals_the_fused_head(tiny_model_dir, adapter_dir, monkeypatch, rows_per_chunk):
-    """On CPU ``scoring_token_logps`` reads the model's own logits from the first scored position on, in row chunks;
-    it must give the fused head's log-probs on right-padded rows whose prompts end at different places, with the
-    adapter on and disabled."""
+    """On CPU ``scoring_token_logps`` reads the model's own logits from the first scored position on, in row chunks
+    (or, when one row's logits exceed the budget, uses the fused head); it must give the fused head's log-probs on
+    right-padded rows whose prompts end at different places, with the adapter on and disabled."""
     from trl_likelihood import ratio
 
-    if rows_per_chunk == "one":
-        monkeypatch.setattr(ratio, "SCORING_LOGITS_PER_CHUNK", 1)
+    vocab = AutoModelForCausalLM.from_pretrained(tiny_model_dir).config.vocab_size
+    budget = {"all": ratio.SCORING_LOGITS_PER_CHUNK, "one": 13 * vocab, "none": 13 * vocab - 1}[rows_per_chunk]
+    monkeypatch.setattr(ratio, "SCORING_LOGITS_PER_CHUNK", budget)  # the longest row keeps 13 positions' logits
     lengths, prompt_ends = [9, 14, 5], [4, 2, 3]
     torch.manual_seed(0)
     input_ids = torch.zeros(3, max(lengths), dtype=torch.long)
@@ -336,7 +337,7 @@ def test_cpu_scoring_route_equals_the_fused_head(tiny_model_dir, adapter_dir, mo
     with ratio.adapter_disabled(peft_model) as base:
         got.append((ratio.scoring_token_logps(base, batch), ratio.token_logps(base, batch)))
     for fast, fused in got:
-        assert fast.outputs is None and fused.outputs is not None  # the model's own head on CPU, not TRL's
+        assert (fast.outputs is None) == (rows_per_chunk != "none") and fused.outputs is not None  # which head
         assert torch.equal(fast.mask, fused.mask) and fast.mask.sum() == sum(lengths) - sum(prompt_ends)
         assert (fast.logps[~fast.mask] == 0).all() and (fast.logps[fast.mask] < 0).all()
         torch.testing.assert_close(fast.logps, fused.logps, rtol=0, atol=TOKEN_TOL)

@@ -71,8 +71,8 @@ def scoring_token_logps(model: torch.nn.Module, batch: dict[str, torch.Tensor]) 
     torch fallback projects every position, padding and prompt included, and folds each tile in several passes: a
     third of the time of ``trl-likelihood score`` on CPU. There the model's own forward gives the logits of the
     positions from the first scored one on (``logits_to_keep``, so softcapping and logit scales stay the model's), for
-    as many rows at a time as fit ``SCORING_LOGITS_PER_CHUNK``, and a log-softmax reads the targets. Both routes agree
-    to fp32 rounding (``tests/test_scoring.py``).
+    as many rows at a time as fit ``SCORING_LOGITS_PER_CHUNK``, and a log-softmax reads the targets; a row too long
+    for that budget goes through the fused head. Both routes agree to fp32 rounding (``tests/test_scoring.py``).
     """
     target = core_model(model)
     if batch["input_ids"].device.type in ("cuda", "xpu") or not _takes_logits_to_keep(target):
@@ -85,8 +85,9 @@ def scoring_token_logps(model: torch.nn.Module, batch: dict[str, torch.Tensor]) 
         return TokenLogps(logps, mask)
     first = int(scored_columns[0])  # no row scores a token before position first + 1
     keep = mask.shape[1] + 1 - first  # logits of positions first .. T-1; the last one predicts nothing
-    vocab = target.get_output_embeddings().weight.shape[0]
-    rows_per_chunk = max(1, SCORING_LOGITS_PER_CHUNK // (keep * vocab))
+    rows_per_chunk = SCORING_LOGITS_PER_CHUNK // (keep * target.get_output_embeddings().weight.shape[0])
+    if rows_per_chunk == 0:  # one row's logits would not fit: the fused head never builds them
+        return token_logps(model, batch)
     inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "position_ids") if k in batch}
     for start in range(0, mask.shape[0], rows_per_chunk):
         rows = slice(start, start + rows_per_chunk)
