@@ -85,7 +85,8 @@ def scoring_token_logps(model: torch.nn.Module, batch: dict[str, torch.Tensor]) 
         return TokenLogps(logps, mask)
     first = int(scored_columns[0])  # no row scores a token before position first + 1
     keep = mask.shape[1] + 1 - first  # logits of positions first .. T-1; the last one predicts nothing
-    rows_per_chunk = SCORING_LOGITS_PER_CHUNK // (keep * target.get_output_embeddings().weight.shape[0])
+    vocab = engines.full_shape(target.get_output_embeddings().weight)[0]  # a ZeRO-3 partition's own shape is (0,)
+    rows_per_chunk = SCORING_LOGITS_PER_CHUNK // (keep * vocab)
     if rows_per_chunk == 0:  # one row's logits would not fit: the fused head never builds them
         return token_logps(model, batch)
     inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "position_ids") if k in batch}
