@@ -226,7 +226,8 @@ def _mask_for(model: torch.nn.Module, mask: torch.Tensor) -> torch.Tensor:
     kernels take only a 2-D padding mask and ignore the custom one, so they are refused. Sliding-window layers are
     refused too: their window would be dropped, as the 4-D mask replaces the window mask.
     """
-    config = getattr(core_model(model), "config", None)
+    core = core_model(model)
+    config = getattr(core, "config", None)
     implementation = str(getattr(config, "_attn_implementation", None) or "eager")
     if "flash" in implementation:
         raise ValueError(
@@ -239,7 +240,7 @@ def _mask_for(model: torch.nn.Module, mask: torch.Tensor) -> torch.Tensor:
     allowed = mask if mask.dtype == torch.bool else mask == 0
     if implementation == "sdpa":
         return allowed
-    dtype = core_model(model).get_input_embeddings().weight.dtype
+    dtype = core.get_input_embeddings().weight.dtype
     if mask.dtype == dtype:
         return mask
     return _as_mask(allowed, dtype)
