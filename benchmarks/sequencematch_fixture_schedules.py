@@ -25,10 +25,15 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import torch  # noqa: E402
 from transformers import AutoModelForCausalLM, TrainerCallback  # noqa: E402
 
-from trl_likelihood.lab.addition import AdditionTask, addition_metrics  # noqa: E402
-from trl_likelihood.lab.backtracking import SMSetup, mle_trainer, sequencematch_trainer  # noqa: E402
+from trl_likelihood.lab.backtracking import (  # noqa: E402
+    SMSetup,
+    addition_task,
+    arm_metrics,
+    initial_model,
+    mle_trainer,
+    sequencematch_trainer,
+)
 from trl_likelihood.lab.experiments import _fit, quiet_logs  # noqa: E402
-from trl_likelihood.lab.models import tiny_causal_lm  # noqa: E402
 
 KINDS = ("first", "later", "two")
 
@@ -80,8 +85,7 @@ def main(argv: list[str] | None = None) -> None:
         learning_rate=args.learning_rate,
         eval_problems=args.eval_problems,
     )
-    task = AdditionTask(digits=setup.digits, n_train=setup.n_train, n_test=setup.n_test, seed=setup.seed)
-    tokenizer, tmp = task.tokenizer(), tempfile.mkdtemp()
+    task, tmp = addition_task(setup), tempfile.mkdtemp()
 
     def train(model, steps: int, callback, sm_weight: float | None):
         if sm_weight is None:
@@ -90,22 +94,16 @@ def main(argv: list[str] | None = None) -> None:
             trainer = sequencematch_trainer(setup, model, f"{tmp}/run", steps, task, sm_weight)
         return _fit(trainer, callback)
 
-    def fresh():
-        return tiny_causal_lm(
-            tokenizer, setup.hidden_size, setup.num_layers, setup.num_heads, task.seq_len + 8, seed=setup.seed
-        )
-
     start = time.process_time()
     for name, weight in (("mle", None), ("bc", 0.0)):
         save = _At(args.warm_steps, lambda step, model, name=name: model.save_pretrained(f"{tmp}/{name}-{step}"))
-        train(fresh(), max(args.warm_steps), save, weight)
+        train(initial_model(setup, task), max(args.warm_steps), save, weight)
     results: dict[str, dict[str, dict[str, float]]] = {}
     for warm in args.warm_steps:
         for arm, source, weight in (("MLE", "mle", None), ("BC", "bc", 0.0), ("SM", "bc", setup.sm_weight)):
 
             def evaluate(step, model, warm=warm, arm=arm):
-                metrics = addition_metrics(model, task, n=setup.eval_problems, seed=setup.seed + 1000)
-                results.setdefault(f"{warm}+{step}", {})[arm] = metrics
+                results.setdefault(f"{warm}+{step}", {})[arm] = arm_metrics(setup, task, model)
 
             model = AutoModelForCausalLM.from_pretrained(f"{tmp}/{source}-{warm}")
             train(model, max(args.arm_steps), _At(args.arm_steps, evaluate), weight)

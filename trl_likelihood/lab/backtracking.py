@@ -98,6 +98,24 @@ def mle_trainer(setup: SMSetup, model: Any, output_dir: str, steps: int, task: A
     return SFTTrainer(model, args=config, train_dataset=task.dataset("train"), processing_class=task.tokenizer())
 
 
+def addition_task(setup: SMSetup) -> AdditionTask:
+    """The addition task of ``setup`` (its digits, split sizes and seed)."""
+    return AdditionTask(digits=setup.digits, n_train=setup.n_train, n_test=setup.n_test, seed=setup.seed)
+
+
+def initial_model(setup: SMSetup, task: AdditionTask) -> Any:
+    """The fresh model every arm of ``setup`` starts from (the same weights for the same seed)."""
+    return tiny_causal_lm(
+        task.tokenizer(), setup.hidden_size, setup.num_layers, setup.num_heads, max_positions=task.seq_len + 8,
+        seed=setup.seed,
+    )  # fmt: skip
+
+
+def arm_metrics(setup: SMSetup, task: AdditionTask, model: Any) -> dict[str, float]:
+    """``addition_metrics`` of an arm on ``setup.eval_problems`` problems, drawn alike for every arm."""
+    return addition_metrics(model, task, n=setup.eval_problems, seed=setup.seed + 1000)
+
+
 def sequencematch_vs_bc(
     setup: SMSetup, output_dir: str, on_arm: Callable[[str], None] | None = None
 ) -> dict[str, Any]:
@@ -106,17 +124,7 @@ def sequencematch_vs_bc(
     Arms: ``"MLE"``, ``"BC"``, ``"SM"`` (all at ``warm_steps + arm_steps``), plus ``"BC-warm"`` (at ``warm_steps``).
     ``on_arm(name)`` is called after each stage (a progress bar hooks in here).
     """
-    task = AdditionTask(digits=setup.digits, n_train=setup.n_train, n_test=setup.n_test, seed=setup.seed)
-    tokenizer = task.tokenizer()
-
-    def fresh():
-        return tiny_causal_lm(
-            tokenizer, setup.hidden_size, setup.num_layers, setup.num_heads, max_positions=task.seq_len + 8,
-            seed=setup.seed,
-        )  # fmt: skip
-
-    def evaluate(model) -> dict[str, float]:
-        return addition_metrics(model, task, n=setup.eval_problems, seed=setup.seed + 1000)
+    task = addition_task(setup)
 
     def done(name: str) -> None:
         if on_arm:
@@ -124,22 +132,24 @@ def sequencematch_vs_bc(
 
     metrics, trainers = {}, {}
     mle_warm = os.path.join(output_dir, "mle-warm")
-    _fit(mle_trainer(setup, fresh(), mle_warm, setup.warm_steps, task)).save_model(mle_warm)
+    _fit(mle_trainer(setup, initial_model(setup, task), mle_warm, setup.warm_steps, task)).save_model(mle_warm)
     done("MLE warm start")
     bc_warm = os.path.join(output_dir, "bc-warm")
-    warm = _fit(sequencematch_trainer(setup, fresh(), bc_warm, setup.warm_steps, task, sm_weight=0.0))
+    warm = _fit(
+        sequencematch_trainer(setup, initial_model(setup, task), bc_warm, setup.warm_steps, task, sm_weight=0.0)
+    )
     warm.save_model(bc_warm)
-    metrics["BC-warm"] = evaluate(warm.model)
+    metrics["BC-warm"] = arm_metrics(setup, task, warm.model)
     done("BC warm start")
     trainers["MLE"] = _fit(
         mle_trainer(setup, AutoModelForCausalLM.from_pretrained(mle_warm), f"{output_dir}/mle", setup.arm_steps, task)
     )
-    metrics["MLE"] = evaluate(trainers["MLE"].model)
+    metrics["MLE"] = arm_metrics(setup, task, trainers["MLE"].model)
     done("MLE")
     for name, weight in (("BC", 0.0), ("SM", setup.sm_weight)):
         model = AutoModelForCausalLM.from_pretrained(bc_warm)
         out = f"{output_dir}/{name.lower()}"
         trainers[name] = _fit(sequencematch_trainer(setup, model, out, setup.arm_steps, task, weight))
-        metrics[name] = evaluate(trainers[name].model)
+        metrics[name] = arm_metrics(setup, task, trainers[name].model)
         done(name)
     return {"metrics": metrics, "trainers": trainers, "task": task, "setup": asdict(setup)}
